@@ -1,0 +1,142 @@
+//! `podvm-agent`: PID 1 of a podvm guest.
+//!
+//! As PID 1 it mounts the API filesystems, logs to the console, serves the agent API over vsock
+//! (see [`podvm_guest_agent::transport`]) and powers the VM off when the host asks or on a fatal
+//! error. `podvm-agent --listen unix:<path>` serves the same API on a Unix socket, for tests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use podvm_guest_agent::guest_info::uptime_us;
+use podvm_guest_agent::init::{self, AgentParams};
+use podvm_guest_agent::service::Agent;
+use podvm_guest_agent::transport;
+use podvm_protocols::AGENT_PORT;
+use tokio::signal::unix::{SignalKind, signal};
+use ttrpc::r#async::Server;
+use ttrpc::r#async::transport::Listener;
+
+/// Where the agent serves its API.
+enum Endpoint {
+    /// In a VM: vsock, dialling the host and listening.
+    Vsock,
+    /// For tests: a Unix socket.
+    Unix(PathBuf),
+}
+
+fn parse_args() -> Result<Endpoint> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => Ok(Endpoint::Vsock),
+        [flag, value] if flag == "--listen" => match value.strip_prefix("unix:") {
+            Some(path) => Ok(Endpoint::Unix(PathBuf::from(path))),
+            None => bail!("--listen takes unix:<path>, got {value:?}"),
+        },
+        _ => bail!("usage: podvm-agent [--listen unix:<path>] (got {args:?})"),
+    }
+}
+
+fn main() {
+    let start_uptime_us = uptime_us();
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        // Before logging: the console and /proc come from these mounts.
+        let mounted = init::mount_api_filesystems();
+        init::attach_console();
+        if let Err(e) = mounted {
+            eprintln!("podvm-agent: fatal: {e:#}; powering off");
+            init::power_off();
+        }
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("podvm-agent: fatal: {info}; powering off");
+            init::power_off();
+        }));
+    }
+    let params = AgentParams::from_proc(std::path::Path::new("/"));
+    let level = params
+        .log_level
+        .as_deref()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .init();
+
+    let result = parse_args().and_then(|endpoint| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("start the async runtime")?
+            .block_on(serve(endpoint, pid1, start_uptime_us))
+    });
+    match (result, pid1) {
+        (Ok(()), true) => {
+            tracing::info!("powering off");
+            let e = init::power_off();
+            eprintln!("podvm-agent: power off failed: {e}");
+        }
+        (Ok(()), false) => {}
+        (Err(e), true) => {
+            tracing::error!("fatal: {e:#}; powering off");
+            init::power_off();
+        }
+        (Err(e), false) => {
+            eprintln!("podvm-agent: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn serve(endpoint: Endpoint, pid1: bool, start_uptime_us: u64) -> Result<()> {
+    let agent = Agent::new(PathBuf::from("/"), start_uptime_us);
+    let mut servers = Vec::new();
+    match &endpoint {
+        Endpoint::Vsock => {
+            let listening = transport::vsock_incoming(AGENT_PORT)
+                .with_context(|| format!("listen on vsock port {AGENT_PORT}"))?;
+            servers.push(start_server(Listener::new(listening), &agent).await?);
+            agent.mark_ready(uptime_us());
+            servers.push(start_server(Listener::new(transport::dial_host(AGENT_PORT)), &agent).await?);
+        }
+        Endpoint::Unix(path) => {
+            let listening = transport::unix_incoming(path)
+                .with_context(|| format!("listen on {}", path.display()))?;
+            servers.push(start_server(Listener::new(listening), &agent).await?);
+            agent.mark_ready(uptime_us());
+        }
+    }
+    tracing::info!(
+        version = podvm_guest_agent::AGENT_VERSION,
+        uptime_ms = uptime_us() / 1000,
+        "agent ready"
+    );
+
+    let mut shutdown = agent.shutdown_requested();
+    let mut sigchld = signal(SignalKind::child()).context("watch SIGCHLD")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("watch SIGTERM")?;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = sigchld.recv(), if pid1 => { init::reap_zombies(); }
+            _ = sigterm.recv(), if !pid1 => break,
+        }
+    }
+    // Let the answer to DestroySandbox reach the host before the connections close.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    for mut server in servers {
+        let _ = server.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn start_server(listener: Listener, agent: &Arc<Agent>) -> Result<Server> {
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(agent.services());
+    server.start().await.context("start the ttrpc server")?;
+    Ok(server)
+}

@@ -1,0 +1,92 @@
+//! The `podvm` command line (clap derive; errors are one line via anyhow).
+
+mod attest;
+mod image;
+mod measure;
+mod vm;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "podvm", version, about = "Confidential pod VMs: launch, measure, attest")]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, global = true, env = "PODVM_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run pod VMs.
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+    /// Build the guest image (kernel, initramfs with the agent).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(vm::BenchCommand),
+    /// Boot a pod VM, show that its agent answers, and shut it down.
+    Demo(vm::VmArgs),
+    /// Launch measurements (SEV-SNP, SEV, SEV-ES, TDX) and reference values.
+    Measure(measure::MeasureArgs),
+    /// Verify attestation evidence (SNP reports, TDX quotes, emulated SNP).
+    Attest(attest::AttestArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+
+    // One thread: child processes die with the thread that spawned them (PR_SET_PDEATHSIG), and
+    // this one lives as long as the command.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("podvm: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(t), Ok(i)) => (t, i),
+            _ => return Err(anyhow::anyhow!("cannot install signal handlers")).map(|()| None),
+        };
+        // Dropping the command's future on a signal drops its VMs: their processes are killed
+        // and their state removed before podvm exits.
+        tokio::select! {
+            result = run(cli.command) => result.map(|()| None),
+            _ = term.recv() => Ok(Some(("SIGTERM", 143))),
+            _ = int.recv() => Ok(Some(("SIGINT", 130))),
+        }
+    });
+    match outcome {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some((signal, code))) => {
+            eprintln!("podvm: stopped by {signal}; the VM was shut down and its state removed");
+            ExitCode::from(code)
+        }
+        Err(e) => {
+            eprintln!("podvm: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Vm(cmd) => vm::run(cmd).await,
+        Command::Image(cmd) => image::run(cmd),
+        Command::Bench(cmd) => vm::bench(cmd).await,
+        Command::Demo(args) => vm::demo(args).await,
+        Command::Measure(args) => measure::run(args),
+        Command::Attest(args) => attest::run(args),
+    }
+}

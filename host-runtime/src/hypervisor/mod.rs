@@ -1,0 +1,96 @@
+//! Hypervisor backends. A backend starts the VMM process(es) for a [`VmSpec`] and exposes the
+//! guest's vsock device as a hybrid vsock socket at `<state dir>/vsock.sock` (see
+//! [`crate::vsock`]); everything above this module is backend-agnostic.
+
+pub mod qemu;
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::guest_image::validate::KernelFormat;
+use crate::process::OwnedChild;
+use crate::state::StateDir;
+use crate::vsock::HybridVsock;
+
+/// The hybrid vsock socket's name inside the state directory.
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// The guest console's log file inside the state directory.
+pub const CONSOLE_LOG: &str = "console.log";
+
+/// The machine model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    /// QEMU `microvm`: no PCI, no firmware tables beyond what Linux needs (default).
+    Microvm,
+    /// QEMU `q35` with virtio-pci.
+    Q35,
+}
+
+/// The CPU accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// What to launch.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub kernel_format: KernelFormat,
+    pub initrd: PathBuf,
+    /// The complete kernel command line.
+    pub cmdline: String,
+    pub machine: Machine,
+    pub accel: Accel,
+}
+
+/// A launched VM: the VMM process, its helper processes, and the host side of its vsock device.
+/// Dropping it kills them all (VMM first).
+#[derive(Debug)]
+pub struct LaunchedVm {
+    pub vmm: OwnedChild,
+    pub helpers: Vec<OwnedChild>,
+    pub vsock: HybridVsock,
+    /// The VMM's own diagnostics (stderr).
+    pub vmm_log: PathBuf,
+    /// How long the helpers took to be ready before the VMM could start.
+    pub helpers_ready: Duration,
+}
+
+impl LaunchedVm {
+    /// The first helper or VMM process that has exited, with its status.
+    pub fn exited(&mut self) -> std::io::Result<Option<(&'static str, ExitStatus)>> {
+        if let Some(status) = self.vmm.try_wait()? {
+            return Ok(Some((self.vmm.name(), status)));
+        }
+        for helper in &mut self.helpers {
+            if let Some(status) = helper.try_wait()? {
+                return Ok(Some((helper.name(), status)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A hypervisor backend.
+pub trait Hypervisor {
+    fn name(&self) -> &'static str;
+    /// Starts the VM. Guest connections to host vsock ports arrive on `<state>/vsock.sock_<port>`;
+    /// listeners for them must exist before this is called.
+    fn launch(&self, spec: &VmSpec, state: &StateDir) -> Result<LaunchedVm, crate::VmError>;
+}

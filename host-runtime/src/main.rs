@@ -1,0 +1,7 @@
+//! `podvm`: the host runtime's command line.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,166 @@
+//! Per-VM state directories: `/run/podvm/<id>/` (0700) holds the VM's sockets, console log and
+//! pid files, and nothing else. It is removed when the VM is stopped.
+//!
+//! A runtime that was killed outright cannot remove its directory; the next runtime that creates
+//! one sweeps such leftovers (the owner pid in `owner.pid` is dead), killing any recorded child
+//! that is still running and belongs to that directory.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The default root of the state directories.
+pub const DEFAULT_STATE_ROOT: &str = "/run/podvm";
+
+const OWNER_FILE: &str = "owner.pid";
+
+/// A VM's state directory, removed on drop.
+#[derive(Debug)]
+pub struct StateDir {
+    id: String,
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// Creates `<root>/<id>` with mode 0700 and records this process as its owner. Sweeps the
+    /// leftovers of dead owners first.
+    pub fn create(root: &Path, id: &str) -> io::Result<Self> {
+        if id.is_empty() || id.contains('/') || id.starts_with('.') {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid VM id {id:?}")));
+        }
+        fs::DirBuilder::new().recursive(true).mode(0o755).create(root)?;
+        sweep_stale(root);
+        let path = root.join(id);
+        fs::DirBuilder::new().mode(0o700).create(&path)?;
+        // The umask may have narrowed the mode; make it exact.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700))?;
+        fs::write(path.join(OWNER_FILE), std::process::id().to_string())?;
+        Ok(StateDir { id: id.to_string(), path })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Records the pid of a child process (`<name>.pid`), so that a sweep can kill it.
+    pub fn record_pid(&self, name: &str, pid: u32) -> io::Result<()> {
+        fs::write(self.file(&format!("{name}.pid")), pid.to_string())
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!("could not remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn is_alive(pid: i32) -> bool {
+    pid > 0 && !matches!(kill(Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
+}
+
+/// Removes the state directories whose owner is dead. Returns the ids removed.
+pub fn sweep_stale(root: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(root) else { return removed };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Some(owner) = read_pid(&dir.join(OWNER_FILE)) else { continue };
+        if is_alive(owner) {
+            continue;
+        }
+        kill_recorded_children(&dir);
+        if fs::remove_dir_all(&dir).is_ok() {
+            removed.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    removed
+}
+
+/// Kills the processes recorded in `<dir>/*.pid` whose command line names `dir` (so a recycled
+/// pid of an unrelated process is never touched).
+fn kill_recorded_children(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let needle = dir.to_string_lossy().into_owned();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == OWNER_FILE) || path.extension().is_none_or(|e| e != "pid") {
+            continue;
+        }
+        let Some(pid) = read_pid(&path) else { continue };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn state_dir_is_private_and_removed_on_drop() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(root.path(), "vm1").unwrap();
+        let meta = fs::metadata(dir.path()).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o700);
+        assert_eq!(read_pid(&dir.file(OWNER_FILE)), Some(std::process::id() as i32));
+        let path = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        for id in ["", "a/b", "..", ".x"] {
+            assert!(StateDir::create(root.path(), id).is_err(), "{id:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_live_owner_is_not_swept_and_a_dead_one_is() {
+        let root = tempfile::tempdir().unwrap();
+        let live = StateDir::create(root.path(), "live").unwrap();
+        // A dead owner: a child that has exited and been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let stale = root.path().join("stale");
+        fs::create_dir(&stale).unwrap();
+        fs::write(stale.join(OWNER_FILE), dead_pid.to_string()).unwrap();
+        // A recorded child still running whose command line names the directory.
+        let mut orphan = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; true", stale.to_str().unwrap()])
+            .spawn()
+            .unwrap();
+        fs::write(stale.join("qemu.pid"), orphan.id().to_string()).unwrap();
+
+        assert_eq!(sweep_stale(root.path()), vec!["stale".to_string()]);
+        assert!(!stale.exists());
+        assert!(live.path().exists());
+        let status = orphan.wait().unwrap();
+        assert!(!status.success(), "the orphan was not killed");
+    }
+}
