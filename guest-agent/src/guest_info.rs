@@ -51,7 +51,10 @@ pub fn detect_tee(root: &Path) -> Tee {
 pub fn memory_total_bytes(root: &Path) -> io::Result<u64> {
     let meminfo = fs::read_to_string(root.join("proc/meminfo"))?;
     parse_meminfo_total(&meminfo).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, "no MemTotal line in /proc/meminfo")
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no MemTotal line in /proc/meminfo",
+        )
     })
 }
 

@@ -55,7 +55,11 @@ pub fn attach_console() {
     if nix::unistd::isatty(std::io::stderr()).unwrap_or(false) {
         return;
     }
-    if let Ok(console) = fs::OpenOptions::new().read(true).write(true).open("/dev/console") {
+    if let Ok(console) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors of this process; `console` stays open
             // for the duration of the call.
@@ -118,7 +122,10 @@ mod tests {
     fn agent_params_come_from_the_kernel_cmdline() {
         let p = AgentParams::from_cmdline("console=ttyS0 podvm.log=debug quiet");
         assert_eq!(p.log_level.as_deref(), Some("debug"));
-        assert_eq!(AgentParams::from_cmdline("console=ttyS0"), AgentParams::default());
+        assert_eq!(
+            AgentParams::from_cmdline("console=ttyS0"),
+            AgentParams::default()
+        );
     }
 
     #[test]

@@ -100,7 +100,8 @@ async fn serve(endpoint: Endpoint, pid1: bool, start_uptime_us: u64) -> Result<(
                 .with_context(|| format!("listen on vsock port {AGENT_PORT}"))?;
             servers.push(start_server(Listener::new(listening), &agent).await?);
             agent.mark_ready(uptime_us());
-            servers.push(start_server(Listener::new(transport::dial_host(AGENT_PORT)), &agent).await?);
+            servers
+                .push(start_server(Listener::new(transport::dial_host(AGENT_PORT)), &agent).await?);
         }
         Endpoint::Unix(path) => {
             let listening = transport::unix_incoming(path)

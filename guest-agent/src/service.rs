@@ -8,11 +8,13 @@ use async_trait::async_trait;
 use podvm_protocols::agent::{
     AgentDetails, DestroySandboxRequest, GuestDetailsRequest, GuestDetailsResponse,
 };
-use podvm_protocols::health::{CheckRequest, HealthCheckResponse, VersionCheckResponse, health_check_response::ServingStatus};
+use podvm_protocols::health::{
+    CheckRequest, HealthCheckResponse, VersionCheckResponse, health_check_response::ServingStatus,
+};
 use podvm_protocols::protobuf::well_known_types::empty::Empty;
 use podvm_protocols::{agent_ttrpc, health_ttrpc};
-use ttrpc::r#async::{Service, TtrpcContext};
 use tokio::sync::watch;
+use ttrpc::r#async::{Service, TtrpcContext};
 
 use crate::guest_info;
 
@@ -47,7 +49,8 @@ impl Agent {
 
     /// Records that the agent is ready to serve (its listeners are up).
     pub fn mark_ready(&self, uptime_us: u64) {
-        self.ready_uptime_us.store(uptime_us, std::sync::atomic::Ordering::Relaxed);
+        self.ready_uptime_us
+            .store(uptime_us, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Resolves when the host has asked the agent to stop.
@@ -81,7 +84,9 @@ impl Agent {
             online_vcpus,
             tee: guest_info::detect_tee(&self.root).as_str().to_string(),
             agent_start_uptime_us: self.start_uptime_us,
-            agent_ready_uptime_us: self.ready_uptime_us.load(std::sync::atomic::Ordering::Relaxed),
+            agent_ready_uptime_us: self
+                .ready_uptime_us
+                .load(std::sync::atomic::Ordering::Relaxed),
             ..Default::default()
         })
     }
@@ -93,14 +98,22 @@ fn internal(message: String) -> ttrpc::Error {
 
 #[async_trait]
 impl health_ttrpc::Health for Agent {
-    async fn check(&self, _ctx: &TtrpcContext, _req: CheckRequest) -> ttrpc::Result<HealthCheckResponse> {
+    async fn check(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: CheckRequest,
+    ) -> ttrpc::Result<HealthCheckResponse> {
         Ok(HealthCheckResponse {
             status: ServingStatus::SERVING.into(),
             ..Default::default()
         })
     }
 
-    async fn version(&self, _ctx: &TtrpcContext, _req: CheckRequest) -> ttrpc::Result<VersionCheckResponse> {
+    async fn version(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: CheckRequest,
+    ) -> ttrpc::Result<VersionCheckResponse> {
         Ok(VersionCheckResponse {
             grpc_version: format!("ttrpc {}", TTRPC_API_VERSION),
             agent_version: crate::AGENT_VERSION.to_string(),
@@ -114,11 +127,19 @@ pub const TTRPC_API_VERSION: &str = "0.1.0";
 
 #[async_trait]
 impl agent_ttrpc::AgentService for Agent {
-    async fn get_guest_details(&self, _ctx: &TtrpcContext, _req: GuestDetailsRequest) -> ttrpc::Result<GuestDetailsResponse> {
+    async fn get_guest_details(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: GuestDetailsRequest,
+    ) -> ttrpc::Result<GuestDetailsResponse> {
         self.guest_details()
     }
 
-    async fn destroy_sandbox(&self, _ctx: &TtrpcContext, _req: DestroySandboxRequest) -> ttrpc::Result<Empty> {
+    async fn destroy_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
         tracing::info!("the host asked to destroy the sandbox: powering off");
         self.shutdown.send_replace(Shutdown::Requested);
         Ok(Empty::new())

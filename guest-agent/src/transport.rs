@@ -34,9 +34,17 @@ pub fn dial_host(port: u32) -> impl Stream<Item = io::Result<Tracked<VsockStream
             // Resolves (with an error) when the previous connection is dropped.
             let _ = closed.await;
         }
-        let stream = connect_with_backoff(|| VsockStream::connect(VsockAddr::new(VMADDR_CID_HOST, port))).await;
+        let stream =
+            connect_with_backoff(|| VsockStream::connect(VsockAddr::new(VMADDR_CID_HOST, port)))
+                .await;
         let (closed_tx, closed_rx) = oneshot::channel();
-        Some((Ok(Tracked { inner: stream, _closed: closed_tx }), Some(closed_rx)))
+        Some((
+            Ok(Tracked {
+                inner: stream,
+                _closed: closed_tx,
+            }),
+            Some(closed_rx),
+        ))
     })
 }
 
@@ -90,13 +98,21 @@ pub struct Tracked<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 

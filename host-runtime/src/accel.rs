@@ -50,11 +50,22 @@ fn identity(path: &Path) -> String {
 }
 
 fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
 }
 
 /// Resolves `choice` to an accelerator, probing at most once per QEMU and kernel.
-pub fn resolve(choice: AccelChoice, qemu: &QemuBackend, kernel: &Path, kernel_format: KernelFormat, marker_initrd: &Path, cache: &Path) -> (Accel, String) {
+pub fn resolve(
+    choice: AccelChoice,
+    qemu: &QemuBackend,
+    kernel: &Path,
+    kernel_format: KernelFormat,
+    marker_initrd: &Path,
+    cache: &Path,
+) -> (Accel, String) {
     match choice {
         AccelChoice::Kvm => return (Accel::Kvm, "asked for".into()),
         AccelChoice::Tcg => return (Accel::Tcg, "asked for".into()),
@@ -64,36 +75,66 @@ pub fn resolve(choice: AccelChoice, qemu: &QemuBackend, kernel: &Path, kernel_fo
         return (Accel::Tcg, "no usable /dev/kvm".into());
     }
     let record_path = cache.join("accel-probe.json");
-    let key = format!("qemu={} kernel={} initrd={}", identity(&qemu.qemu), identity(kernel), identity(marker_initrd));
+    let key = format!(
+        "qemu={} kernel={} initrd={}",
+        identity(&qemu.qemu),
+        identity(kernel),
+        identity(marker_initrd)
+    );
     if let Ok(bytes) = std::fs::read(&record_path) {
         if let Ok(record) = serde_json::from_slice::<ProbeRecord>(&bytes) {
             if record.key == key {
-                return (record.accel, format!("{} (probed earlier, {})", record.reason, record_path.display()));
+                return (
+                    record.accel,
+                    format!(
+                        "{} (probed earlier, {})",
+                        record.reason,
+                        record_path.display()
+                    ),
+                );
             }
         }
     }
     if !marker_initrd.is_file() {
-        return (Accel::Tcg, format!("cannot probe KVM without {}", marker_initrd.display()));
+        return (
+            Accel::Tcg,
+            format!("cannot probe KVM without {}", marker_initrd.display()),
+        );
     }
-    tracing::info!("probing once whether KVM boots a guest here (up to {}s)", PROBE_TIMEOUT.as_secs());
+    tracing::info!(
+        "probing once whether KVM boots a guest here (up to {}s)",
+        PROBE_TIMEOUT.as_secs()
+    );
     let (accel, reason) = probe(qemu, kernel, kernel_format, marker_initrd);
     let record = ProbeRecord {
         key,
         accel,
         reason: reason.clone(),
-        probed_at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        probed_at_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     };
     if std::fs::create_dir_all(cache).is_ok() {
         let tmp = record_path.with_extension("json.tmp");
-        let written = std::fs::write(&tmp, serde_json::to_vec_pretty(&record).expect("serialise")).and_then(|()| std::fs::rename(&tmp, &record_path));
+        let written = std::fs::write(&tmp, serde_json::to_vec_pretty(&record).expect("serialise"))
+            .and_then(|()| std::fs::rename(&tmp, &record_path));
         if let Err(e) = written {
-            tracing::warn!("could not remember the KVM probe in {}: {e}", record_path.display());
+            tracing::warn!(
+                "could not remember the KVM probe in {}: {e}",
+                record_path.display()
+            );
         }
     }
     (accel, reason)
 }
 
-fn probe(qemu: &QemuBackend, kernel: &Path, kernel_format: KernelFormat, marker_initrd: &Path) -> (Accel, String) {
+fn probe(
+    qemu: &QemuBackend,
+    kernel: &Path,
+    kernel_format: KernelFormat,
+    marker_initrd: &Path,
+) -> (Accel, String) {
     let spec = VmSpec {
         vcpus: 1,
         memory_mib: 256,
@@ -105,8 +146,17 @@ fn probe(qemu: &QemuBackend, kernel: &Path, kernel_format: KernelFormat, marker_
         accel: Accel::Kvm,
     };
     match qemu.bare_boot(&spec, MARKER, PROBE_TIMEOUT) {
-        Ok(Some(t)) => (Accel::Kvm, format!("KVM booted the guest in {} ms", t.as_millis())),
-        Ok(None) => (Accel::Tcg, format!("KVM did not boot the guest within {}s", PROBE_TIMEOUT.as_secs())),
+        Ok(Some(t)) => (
+            Accel::Kvm,
+            format!("KVM booted the guest in {} ms", t.as_millis()),
+        ),
+        Ok(None) => (
+            Accel::Tcg,
+            format!(
+                "KVM did not boot the guest within {}s",
+                PROBE_TIMEOUT.as_secs()
+            ),
+        ),
         Err(e) => (Accel::Tcg, format!("KVM probe failed: {e}")),
     }
 }

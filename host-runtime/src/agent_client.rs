@@ -7,9 +7,9 @@ use podvm_protocols::agent_ttrpc::AgentServiceClient;
 use podvm_protocols::health::{CheckRequest, health_check_response::ServingStatus};
 use podvm_protocols::health_ttrpc::HealthClient;
 use tokio::io::{AsyncRead, AsyncWrite};
-use ttrpc::context;
 use ttrpc::r#async::Client;
 use ttrpc::r#async::transport::Socket;
+use ttrpc::context;
 
 /// Default deadline of one agent call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,7 +20,10 @@ pub enum AgentError {
     #[error("agent call {call} failed: {message}")]
     Call { call: &'static str, message: String },
     #[error("agent call {call} got no answer within {}s", timeout.as_secs_f32())]
-    Timeout { call: &'static str, timeout: Duration },
+    Timeout {
+        call: &'static str,
+        timeout: Duration,
+    },
     #[error("the agent reports it is not serving (status {0})")]
     NotServing(String),
 }
@@ -58,11 +61,21 @@ impl AgentClient {
         self
     }
 
-    async fn call<T>(&self, call: &'static str, f: impl Future<Output = ttrpc::Result<T>>) -> Result<T, AgentError> {
+    async fn call<T>(
+        &self,
+        call: &'static str,
+        f: impl Future<Output = ttrpc::Result<T>>,
+    ) -> Result<T, AgentError> {
         match tokio::time::timeout(self.timeout, f).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => Err(AgentError::Call { call, message: one_line(e) }),
-            Err(_) => Err(AgentError::Timeout { call, timeout: self.timeout }),
+            Ok(Err(e)) => Err(AgentError::Call {
+                call,
+                message: one_line(e),
+            }),
+            Err(_) => Err(AgentError::Timeout {
+                call,
+                timeout: self.timeout,
+            }),
         }
     }
 
@@ -72,7 +85,12 @@ impl AgentClient {
 
     /// `Health.Check`: succeeds only if the agent says it is serving.
     pub async fn check(&self) -> Result<(), AgentError> {
-        let reply = self.call("Health.Check", self.health.check(self.ctx(), &CheckRequest::new())).await?;
+        let reply = self
+            .call(
+                "Health.Check",
+                self.health.check(self.ctx(), &CheckRequest::new()),
+            )
+            .await?;
         match reply.status.enum_value() {
             Ok(ServingStatus::SERVING) => Ok(()),
             other => Err(AgentError::NotServing(format!("{other:?}"))),
@@ -81,16 +99,33 @@ impl AgentClient {
 
     /// `Health.Version`: the agent's version.
     pub async fn version(&self) -> Result<String, AgentError> {
-        Ok(self.call("Health.Version", self.health.version(self.ctx(), &CheckRequest::new())).await?.agent_version)
+        Ok(self
+            .call(
+                "Health.Version",
+                self.health.version(self.ctx(), &CheckRequest::new()),
+            )
+            .await?
+            .agent_version)
     }
 
     /// `AgentService.GetGuestDetails`.
     pub async fn guest_details(&self) -> Result<GuestDetailsResponse, AgentError> {
-        self.call("GetGuestDetails", self.agent.get_guest_details(self.ctx(), &GuestDetailsRequest::new())).await
+        self.call(
+            "GetGuestDetails",
+            self.agent
+                .get_guest_details(self.ctx(), &GuestDetailsRequest::new()),
+        )
+        .await
     }
 
     /// `AgentService.DestroySandbox`: the agent answers, then powers the VM off.
     pub async fn destroy_sandbox(&self) -> Result<(), AgentError> {
-        self.call("DestroySandbox", self.agent.destroy_sandbox(self.ctx(), &DestroySandboxRequest::new())).await.map(drop)
+        self.call(
+            "DestroySandbox",
+            self.agent
+                .destroy_sandbox(self.ctx(), &DestroySandboxRequest::new()),
+        )
+        .await
+        .map(drop)
     }
 }

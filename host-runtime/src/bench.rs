@@ -28,7 +28,11 @@ impl Summary {
             _ if n % 2 == 1 => sorted[n / 2],
             _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
         };
-        Some(Summary { min: sorted[0], median, max: sorted[n - 1] })
+        Some(Summary {
+            min: sorted[0],
+            median,
+            max: sorted[n - 1],
+        })
     }
 }
 
@@ -52,7 +56,11 @@ pub struct BootBenchReport {
 
 /// Runs `runs` pod VM boots and `runs` bare boots, alternating (after one unmeasured warm-up of
 /// each), so that drift in host load affects both series alike.
-pub async fn boot(config: &VmConfig, qemu: &QemuBackend, runs: usize) -> Result<BootBenchReport, VmError> {
+pub async fn boot(
+    config: &VmConfig,
+    qemu: &QemuBackend,
+    runs: usize,
+) -> Result<BootBenchReport, VmError> {
     if runs == 0 {
         return Err(VmError::InvalidConfig("-n must be at least 1".into()));
     }
@@ -63,12 +71,23 @@ pub async fn boot(config: &VmConfig, qemu: &QemuBackend, runs: usize) -> Result<
     for run in 0..=runs {
         let vm = Vm::start(config, qemu).await?;
         let ready = vm.timings().agent_ready_ms;
-        let spec = bare_spec.get_or_insert_with(|| VmSpec { initrd: config.marker_initrd.clone(), ..vm.spec().clone() }).clone();
+        let spec = bare_spec
+            .get_or_insert_with(|| VmSpec {
+                initrd: config.marker_initrd.clone(),
+                ..vm.spec().clone()
+            })
+            .clone();
         accel = vm.accel().0.as_str().to_string();
         vm.stop().await;
         let bare = qemu
             .bare_boot(&spec, MARKER, config.boot_timeout)?
-            .ok_or_else(|| VmError::InvalidConfig(format!("the bare boot of {} did not reach its marker within {}s", spec.kernel.display(), config.boot_timeout.as_secs())))?;
+            .ok_or_else(|| {
+                VmError::InvalidConfig(format!(
+                    "the bare boot of {} did not reach its marker within {}s",
+                    spec.kernel.display(),
+                    config.boot_timeout.as_secs()
+                ))
+            })?;
         if run > 0 {
             podvm_ms.push(ready);
             bare_ms.push(bare.as_secs_f64() * 1000.0);
@@ -95,8 +114,22 @@ mod tests {
 
     #[test]
     fn summary_of_odd_even_and_empty_series() {
-        assert_eq!(Summary::of(&[3.0, 1.0, 2.0]), Some(Summary { min: 1.0, median: 2.0, max: 3.0 }));
-        assert_eq!(Summary::of(&[4.0, 1.0, 2.0, 3.0]), Some(Summary { min: 1.0, median: 2.5, max: 4.0 }));
+        assert_eq!(
+            Summary::of(&[3.0, 1.0, 2.0]),
+            Some(Summary {
+                min: 1.0,
+                median: 2.0,
+                max: 3.0
+            })
+        );
+        assert_eq!(
+            Summary::of(&[4.0, 1.0, 2.0, 3.0]),
+            Some(Summary {
+                min: 1.0,
+                median: 2.5,
+                max: 4.0
+            })
+        );
         assert_eq!(Summary::of(&[]), None);
     }
 }

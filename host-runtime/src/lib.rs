@@ -26,11 +26,22 @@ pub enum VmError {
     #[error(transparent)]
     BootFile(#[from] guest_image::validate::BootFileError),
     #[error("{what} ({name}) was not found: {hint}")]
-    MissingBinary { what: &'static str, name: &'static str, hint: &'static str },
+    MissingBinary {
+        what: &'static str,
+        name: &'static str,
+        hint: &'static str,
+    },
     #[error("cannot start {what}: {source}")]
-    Spawn { what: &'static str, source: std::io::Error },
+    Spawn {
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("{what} exited ({status}) before the agent was ready: {detail}")]
-    ProcessExited { what: &'static str, status: String, detail: String },
+    ProcessExited {
+        what: &'static str,
+        status: String,
+        detail: String,
+    },
     #[error("{0}")]
     State(String),
     #[error(transparent)]

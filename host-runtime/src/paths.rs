@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 fn env_or(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default))
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default))
 }
 
 /// Build cache (kernel sources and builds, the vsock backend, probe results): `PODVM_CACHE_DIR`,
@@ -30,13 +33,24 @@ pub fn log_dir() -> PathBuf {
 /// Finds an executable: the path in `var` if set, else `name` on `PATH`, else in `fallbacks`.
 pub fn find_executable(var: &str, name: &str, fallbacks: &[PathBuf]) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let is_exec = |p: &PathBuf| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    let is_exec = |p: &PathBuf| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
     if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
         let path = PathBuf::from(path);
         return is_exec(&path).then_some(path);
     }
     let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
-    on_path.into_iter().chain(fallbacks.iter().cloned()).find(is_exec)
+    on_path
+        .into_iter()
+        .chain(fallbacks.iter().cloned())
+        .find(is_exec)
 }

@@ -45,7 +45,11 @@ impl OwnedChild {
         }
         let child = command.spawn()?;
         tracing::debug!(name, pid = child.id(), "started");
-        Ok(OwnedChild { name, child, exited: None })
+        Ok(OwnedChild {
+            name,
+            child,
+            exited: None,
+        })
     }
 
     pub fn name(&self) -> &'static str {
@@ -135,7 +139,10 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "exit 3"]);
         let mut child = OwnedChild::spawn("sh", cmd).unwrap();
-        let status = child.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        let status = child
+            .wait_timeout(Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
         assert_eq!(status.code(), Some(3));
     }
 

@@ -30,16 +30,25 @@ impl StateDir {
     /// leftovers of dead owners first.
     pub fn create(root: &Path, id: &str) -> io::Result<Self> {
         if id.is_empty() || id.contains('/') || id.starts_with('.') {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid VM id {id:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid VM id {id:?}"),
+            ));
         }
-        fs::DirBuilder::new().recursive(true).mode(0o755).create(root)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(root)?;
         sweep_stale(root);
         let path = root.join(id);
         fs::DirBuilder::new().mode(0o700).create(&path)?;
         // The umask may have narrowed the mode; make it exact.
         fs::set_permissions(&path, fs::Permissions::from_mode(0o700))?;
         fs::write(path.join(OWNER_FILE), std::process::id().to_string())?;
-        Ok(StateDir { id: id.to_string(), path })
+        Ok(StateDir {
+            id: id.to_string(),
+            path,
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -75,16 +84,24 @@ fn read_pid(path: &Path) -> Option<i32> {
 }
 
 fn is_alive(pid: i32) -> bool {
-    pid > 0 && !matches!(kill(Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
+    pid > 0
+        && !matches!(
+            kill(Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
 }
 
 /// Removes the state directories whose owner is dead. Returns the ids removed.
 pub fn sweep_stale(root: &Path) -> Vec<String> {
     let mut removed = Vec::new();
-    let Ok(entries) = fs::read_dir(root) else { return removed };
+    let Ok(entries) = fs::read_dir(root) else {
+        return removed;
+    };
     for entry in entries.flatten() {
         let dir = entry.path();
-        let Some(owner) = read_pid(&dir.join(OWNER_FILE)) else { continue };
+        let Some(owner) = read_pid(&dir.join(OWNER_FILE)) else {
+            continue;
+        };
         if is_alive(owner) {
             continue;
         }
@@ -99,11 +116,15 @@ pub fn sweep_stale(root: &Path) -> Vec<String> {
 /// Kills the processes recorded in `<dir>/*.pid` whose command line names `dir` (so a recycled
 /// pid of an unrelated process is never touched).
 fn kill_recorded_children(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     let needle = dir.to_string_lossy().into_owned();
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.file_name().is_some_and(|n| n == OWNER_FILE) || path.extension().is_none_or(|e| e != "pid") {
+        if path.file_name().is_some_and(|n| n == OWNER_FILE)
+            || path.extension().is_none_or(|e| e != "pid")
+        {
             continue;
         }
         let Some(pid) = read_pid(&path) else { continue };
@@ -125,7 +146,10 @@ mod tests {
         let dir = StateDir::create(root.path(), "vm1").unwrap();
         let meta = fs::metadata(dir.path()).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o700);
-        assert_eq!(read_pid(&dir.file(OWNER_FILE)), Some(std::process::id() as i32));
+        assert_eq!(
+            read_pid(&dir.file(OWNER_FILE)),
+            Some(std::process::id() as i32)
+        );
         let path = dir.path().to_path_buf();
         drop(dir);
         assert!(!path.exists());
@@ -135,7 +159,10 @@ mod tests {
     fn bad_ids_are_refused() {
         let root = tempfile::tempdir().unwrap();
         for id in ["", "a/b", "..", ".x"] {
-            assert!(StateDir::create(root.path(), id).is_err(), "{id:?} was accepted");
+            assert!(
+                StateDir::create(root.path(), id).is_err(),
+                "{id:?} was accepted"
+            );
         }
     }
 

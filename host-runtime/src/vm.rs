@@ -12,7 +12,9 @@ use crate::agent_client::AgentClient;
 use crate::guest_image::GuestImage;
 use crate::guest_image::validate::{self, KernelFormat};
 use crate::hypervisor::qemu::QemuBackend;
-use crate::hypervisor::{Accel, CONSOLE_LOG, Hypervisor, LaunchedVm, Machine, VSOCK_SOCKET, VmSpec};
+use crate::hypervisor::{
+    Accel, CONSOLE_LOG, Hypervisor, LaunchedVm, Machine, VSOCK_SOCKET, VmSpec,
+};
 use crate::state::StateDir;
 use crate::vsock::HybridVsock;
 use podvm_protocols::AGENT_PORT;
@@ -91,7 +93,9 @@ impl VmConfig {
         }
         let format = validate::check_kernel(&self.kernel)?;
         validate::check_initrd(&self.initrd)?;
-        let initrd_mib = std::fs::metadata(&self.initrd).map(|m| m.len() >> 20).unwrap_or(0);
+        let initrd_mib = std::fs::metadata(&self.initrd)
+            .map(|m| m.len() >> 20)
+            .unwrap_or(0);
         if initrd_mib * 2 + 64 > u64::from(self.memory_mib) {
             return Err(VmError::InvalidConfig(format!(
                 "--memory {} MiB is too small for the {initrd_mib} MiB initrd {}: give at least {} MiB",
@@ -106,7 +110,13 @@ impl VmConfig {
 
 fn host_memory_mib() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some(kb / 1024)
 }
 
@@ -161,7 +171,14 @@ impl Vm {
     /// Validates `config`, launches the VM with `hypervisor` and waits for its agent.
     pub async fn start(config: &VmConfig, hypervisor: &QemuBackend) -> Result<Vm, VmError> {
         let kernel_format = config.validate()?;
-        let (accel, accel_reason) = accel::resolve(config.accel, hypervisor, &config.kernel, kernel_format, &config.marker_initrd, &config.cache_dir);
+        let (accel, accel_reason) = accel::resolve(
+            config.accel,
+            hypervisor,
+            &config.kernel,
+            kernel_format,
+            &config.marker_initrd,
+            &config.cache_dir,
+        );
         tracing::info!(accel = accel.as_str(), reason = %accel_reason, "accelerator");
         let spec = VmSpec {
             vcpus: config.vcpus,
@@ -176,12 +193,20 @@ impl Vm {
 
         let started = Instant::now();
         let id = config.id.clone().unwrap_or_else(new_vm_id);
-        let state = StateDir::create(&config.state_root, &id)
-            .map_err(|e| VmError::State(format!("cannot create the state directory {}/{id}: {e}", config.state_root.display())))?;
+        let state = StateDir::create(&config.state_root, &id).map_err(|e| {
+            VmError::State(format!(
+                "cannot create the state directory {}/{id}: {e}",
+                config.state_root.display()
+            ))
+        })?;
         // The agent dials the host as soon as it is ready: listen before the VM exists.
         let listener = HybridVsock::new(state.file(VSOCK_SOCKET)).listen(AGENT_PORT)?;
         let mut launched = hypervisor.launch(&spec, &state)?;
-        let mut timings = BootTimings { helpers_ready_ms: ms(launched.helpers_ready), vmm_spawned_ms: ms(started.elapsed()), ..Default::default() };
+        let mut timings = BootTimings {
+            helpers_ready_ms: ms(launched.helpers_ready),
+            vmm_spawned_ms: ms(started.elapsed()),
+            ..Default::default()
+        };
 
         let boot = async {
             let stream = loop {
@@ -207,13 +232,27 @@ impl Vm {
             Ok(Ok(agent)) => agent,
             Ok(Err(e)) => return Err(keep_console(&state, &config.log_dir, e)),
             Err(_) => {
-                let e = VmError::AgentTimeout { timeout: config.boot_timeout, console: String::new() };
+                let e = VmError::AgentTimeout {
+                    timeout: config.boot_timeout,
+                    console: String::new(),
+                };
                 return Err(keep_console(&state, &config.log_dir, e));
             }
         };
         drop(listener);
-        let _ = std::fs::remove_file(HybridVsock::new(state.file(VSOCK_SOCKET)).listener_path(AGENT_PORT));
-        Ok(Vm { launched, state, agent, accel, accel_reason, spec, timings, shutdown_timeout: config.shutdown_timeout })
+        let _ = std::fs::remove_file(
+            HybridVsock::new(state.file(VSOCK_SOCKET)).listener_path(AGENT_PORT),
+        );
+        Ok(Vm {
+            launched,
+            state,
+            agent,
+            accel,
+            accel_reason,
+            spec,
+            timings,
+            shutdown_timeout: config.shutdown_timeout,
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -236,7 +275,9 @@ impl Vm {
     }
     /// The host processes of this VM (VMM first).
     pub fn pids(&self) -> Vec<u32> {
-        std::iter::once(self.launched.vmm.pid()).chain(self.launched.helpers.iter().map(|h| h.pid())).collect()
+        std::iter::once(self.launched.vmm.pid())
+            .chain(self.launched.helpers.iter().map(|h| h.pid()))
+            .collect()
     }
     /// The host side of the VM's vsock device (for further connections with `CONNECT`).
     pub fn vsock(&self) -> &HybridVsock {
@@ -254,9 +295,14 @@ impl Vm {
             loop {
                 match self.launched.vmm.try_wait() {
                     Ok(Some(_)) => break,
-                    Ok(None) if started.elapsed() < self.shutdown_timeout => tokio::time::sleep(Duration::from_millis(5)).await,
+                    Ok(None) if started.elapsed() < self.shutdown_timeout => {
+                        tokio::time::sleep(Duration::from_millis(5)).await
+                    }
                     Ok(None) => {
-                        forced_because = Some(format!("the guest did not power off within {}s", self.shutdown_timeout.as_secs()));
+                        forced_because = Some(format!(
+                            "the guest did not power off within {}s",
+                            self.shutdown_timeout.as_secs()
+                        ));
                         break;
                     }
                     Err(e) => {
@@ -269,7 +315,11 @@ impl Vm {
         let _ = self.launched.vmm.kill();
         let stop_ms = ms(started.elapsed());
         drop(self);
-        StopReport { graceful: forced_because.is_none(), stop_ms, forced_because }
+        StopReport {
+            graceful: forced_because.is_none(),
+            stop_ms,
+            forced_because,
+        }
     }
 }
 
@@ -278,13 +328,29 @@ impl Vm {
 fn keep_console(state: &StateDir, log_dir: &Path, error: VmError) -> VmError {
     let console = state.file(CONSOLE_LOG);
     let kept = log_dir.join(format!("{}.console.log", state.id()));
-    let where_ = match std::fs::create_dir_all(log_dir).and_then(|()| std::fs::copy(&console, &kept)) {
-        Ok(_) => format!("guest console: {} (last line: {:?})", kept.display(), crate::hypervisor::qemu::last_line(&kept)),
-        Err(_) => "no guest console output".to_string(),
-    };
+    let where_ =
+        match std::fs::create_dir_all(log_dir).and_then(|()| std::fs::copy(&console, &kept)) {
+            Ok(_) => format!(
+                "guest console: {} (last line: {:?})",
+                kept.display(),
+                crate::hypervisor::qemu::last_line(&kept)
+            ),
+            Err(_) => "no guest console output".to_string(),
+        };
     match error {
-        VmError::AgentTimeout { timeout, .. } => VmError::AgentTimeout { timeout, console: where_ },
-        VmError::ProcessExited { what, status, detail } => VmError::ProcessExited { what, status, detail: format!("{detail}; {where_}") },
+        VmError::AgentTimeout { timeout, .. } => VmError::AgentTimeout {
+            timeout,
+            console: where_,
+        },
+        VmError::ProcessExited {
+            what,
+            status,
+            detail,
+        } => VmError::ProcessExited {
+            what,
+            status,
+            detail: format!("{detail}; {where_}"),
+        },
         other => other,
     }
 }

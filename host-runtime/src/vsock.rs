@@ -23,9 +23,19 @@ pub enum VsockError {
     #[error("cannot connect to the vsock backend socket {path}: {source}")]
     Connect { path: PathBuf, source: io::Error },
     #[error("vsock CONNECT {port} via {path} failed: {source}")]
-    Handshake { path: PathBuf, port: u32, source: io::Error },
-    #[error("vsock CONNECT {port} via {path} was refused: the backend answered {reply:?} (is the guest listening on port {port}?)")]
-    Refused { path: PathBuf, port: u32, reply: String },
+    Handshake {
+        path: PathBuf,
+        port: u32,
+        source: io::Error,
+    },
+    #[error(
+        "vsock CONNECT {port} via {path} was refused: the backend answered {reply:?} (is the guest listening on port {port}?)"
+    )]
+    Refused {
+        path: PathBuf,
+        port: u32,
+        reply: String,
+    },
     #[error("cannot listen for guest connections on {path}: {source}")]
     Listen { path: PathBuf, source: io::Error },
 }
@@ -62,10 +72,18 @@ impl HybridVsock {
 
     /// Connects to the guest's vsock port `port`.
     pub async fn connect(&self, port: u32) -> Result<UnixStream, VsockError> {
-        let stream = UnixStream::connect(&self.uds)
-            .await
-            .map_err(|source| VsockError::Connect { path: self.uds.clone(), source })?;
-        let handshake_err = |source| VsockError::Handshake { path: self.uds.clone(), port, source };
+        let stream =
+            UnixStream::connect(&self.uds)
+                .await
+                .map_err(|source| VsockError::Connect {
+                    path: self.uds.clone(),
+                    source,
+                })?;
+        let handshake_err = |source| VsockError::Handshake {
+            path: self.uds.clone(),
+            port,
+            source,
+        };
         let mut stream = BufReader::new(stream);
         stream
             .get_mut()
@@ -75,14 +93,24 @@ impl HybridVsock {
         // Read the reply byte by byte up to '\n', so nothing of the guest's stream is consumed.
         let mut reply = Vec::new();
         let mut limited = (&mut stream).take(MAX_REPLY as u64);
-        limited.read_until(b'\n', &mut reply).await.map_err(handshake_err)?;
+        limited
+            .read_until(b'\n', &mut reply)
+            .await
+            .map_err(handshake_err)?;
         if !stream.buffer().is_empty() {
             // The guest spoke first and its bytes were buffered: unsupported by this protocol.
-            return Err(handshake_err(io::Error::new(io::ErrorKind::InvalidData, "data after the OK line")));
+            return Err(handshake_err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "data after the OK line",
+            )));
         }
         let reply = String::from_utf8_lossy(&reply).into_owned();
         if !reply.starts_with("OK ") || !reply.ends_with('\n') {
-            return Err(VsockError::Refused { path: self.uds.clone(), port, reply });
+            return Err(VsockError::Refused {
+                path: self.uds.clone(),
+                port,
+                reply,
+            });
         }
         Ok(stream.into_inner())
     }
@@ -130,7 +158,10 @@ mod tests {
         let backend = UnixListener::bind(vsock.uds_path()).unwrap();
         let server = tokio::spawn(fake_backend(backend, "ERR no listener\n"));
         let err = vsock.connect(1024).await.unwrap_err().to_string();
-        assert!(err.contains("CONNECT 1024") && err.contains("ERR no listener"), "{err}");
+        assert!(
+            err.contains("CONNECT 1024") && err.contains("ERR no listener"),
+            "{err}"
+        );
         server.await.unwrap();
     }
 
@@ -145,6 +176,9 @@ mod tests {
     #[test]
     fn guest_connections_arrive_on_the_port_suffixed_path() {
         let vsock = HybridVsock::new("/run/podvm/x/vsock.sock");
-        assert_eq!(vsock.listener_path(1024), PathBuf::from("/run/podvm/x/vsock.sock_1024"));
+        assert_eq!(
+            vsock.listener_path(1024),
+            PathBuf::from("/run/podvm/x/vsock.sock_1024")
+        );
     }
 }

@@ -37,7 +37,11 @@ pub struct BuildGuestArgs {
 
 pub fn run(cmd: ImageCommand) -> Result<()> {
     let ImageCommand::BuildGuest(args) = cmd;
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     let started = std::time::Instant::now();
     let manifest = BuildGuest {
         agent: args.agent,
@@ -53,7 +57,11 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
         return Ok(());
     }
     let image = GuestImage::new(&args.out);
-    println!("guest image in {} ({:.1} s)", args.out.display(), started.elapsed().as_secs_f64());
+    println!(
+        "guest image in {} ({:.1} s)",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
     println!(
         "  kernel     {} {} (config {}, built in {:.0} s)",
         manifest.kernel_source_package,
@@ -67,7 +75,12 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
         (image.initramfs(), &manifest.initramfs),
         (image.marker_initramfs(), &manifest.marker_initramfs),
     ] {
-        println!("  {:<28} {:>10} bytes  sha256 {}", path.file_name().unwrap().to_string_lossy(), digest.size, digest.sha256);
+        println!(
+            "  {:<28} {:>10} bytes  sha256 {}",
+            path.file_name().unwrap().to_string_lossy(),
+            digest.size,
+            digest.sha256
+        );
     }
     Ok(())
 }

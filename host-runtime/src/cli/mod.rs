@@ -11,7 +11,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "podvm", version, about = "Confidential pod VMs: launch, measure, attest")]
+#[command(
+    name = "podvm",
+    version,
+    about = "Confidential pod VMs: launch, measure, attest"
+)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, global = true, env = "PODVM_LOG", default_value = "warn")]
@@ -34,19 +38,27 @@ enum Command {
     /// Boot a pod VM, show that its agent answers, and shut it down.
     Demo(vm::VmArgs),
     /// Launch measurements (SEV-SNP, SEV, SEV-ES, TDX) and reference values.
-    Measure(measure::MeasureArgs),
+    Measure(Box<measure::MeasureArgs>),
     /// Verify attestation evidence (SNP reports, TDX quotes, emulated SNP).
     Attest(attest::AttestArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 
     // One thread: child processes die with the thread that spawned them (PR_SET_PDEATHSIG), and
     // this one lives as long as the command.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("podvm: error: cannot start the async runtime: {e}");
@@ -55,7 +67,10 @@ pub fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
-        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(t), Ok(i)) => (t, i),
             _ => return Err(anyhow::anyhow!("cannot install signal handlers")).map(|()| None),
         };
@@ -86,7 +101,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Image(cmd) => image::run(cmd),
         Command::Bench(cmd) => vm::bench(cmd).await,
         Command::Demo(args) => vm::demo(args).await,
-        Command::Measure(args) => measure::run(args),
+        Command::Measure(args) => measure::run(*args),
         Command::Attest(args) => attest::run(args),
     }
 }

@@ -106,11 +106,22 @@ async fn run_vm(args: &VmArgs, json: bool, narrate: bool) -> Result<()> {
     let config = args.config();
     let qemu = QemuBackend::from_environment()?;
     if narrate {
-        println!("podvm demo: booting a pod VM ({} vCPU, {} MiB, {:?}) whose PID 1 is the podvm agent…", config.vcpus, config.memory_mib, config.machine);
+        println!(
+            "podvm demo: booting a pod VM ({} vCPU, {} MiB, {:?}) whose PID 1 is the podvm agent…",
+            config.vcpus, config.memory_mib, config.machine
+        );
     }
     let vm = Vm::start(&config, &qemu).await?;
-    let details = vm.agent().guest_details().await.context("ask the agent for the guest details")?;
-    let version = vm.agent().version().await.context("ask the agent for its version")?;
+    let details = vm
+        .agent()
+        .guest_details()
+        .await
+        .context("ask the agent for the guest details")?;
+    let version = vm
+        .agent()
+        .version()
+        .await
+        .context("ask the agent for its version")?;
     let timings = vm.timings().clone();
     let (accel, accel_reason) = vm.accel();
     let (accel, accel_reason) = (accel.as_str(), accel_reason.to_string());
@@ -141,9 +152,22 @@ async fn run_vm(args: &VmArgs, json: bool, narrate: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("VM {id} ready: the agent answered {:.0} ms after launch ({accel}: {accel_reason})", timings.agent_ready_ms);
-    println!("  agent    {version}{}", if details.agent_details.init_daemon { " (PID 1)" } else { "" });
-    println!("  kernel   {} {}", details.kernel_release, details.kernel_version);
+    println!(
+        "VM {id} ready: the agent answered {:.0} ms after launch ({accel}: {accel_reason})",
+        timings.agent_ready_ms
+    );
+    println!(
+        "  agent    {version}{}",
+        if details.agent_details.init_daemon {
+            " (PID 1)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  kernel   {} {}",
+        details.kernel_release, details.kernel_version
+    );
     println!(
         "  guest    {} MiB RAM, {} vCPU{}, TEE {}",
         details.memory_total_bytes >> 20,
@@ -153,7 +177,10 @@ async fn run_vm(args: &VmArgs, json: bool, narrate: bool) -> Result<()> {
     );
     println!(
         "  boot     vsock backend {:.0} ms · QEMU started {:.0} ms · agent connected {:.0} ms · agent ready {:.0} ms",
-        timings.helpers_ready_ms, timings.vmm_spawned_ms, timings.agent_connected_ms, timings.agent_ready_ms
+        timings.helpers_ready_ms,
+        timings.vmm_spawned_ms,
+        timings.agent_connected_ms,
+        timings.agent_ready_ms
     );
     println!(
         "  guest    agent started at {:.0} ms of guest uptime, serving at {:.0} ms",
@@ -161,11 +188,19 @@ async fn run_vm(args: &VmArgs, json: bool, narrate: bool) -> Result<()> {
         uptime_ms(details.agent_ready_uptime_us)
     );
     match &stop.forced_because {
-        None => println!("VM {id} stopped in {:.0} ms: the guest powered off when asked; no process or state left", stop.stop_ms),
-        Some(why) => println!("VM {id} killed after {:.0} ms ({why}); no process or state left", stop.stop_ms),
+        None => println!(
+            "VM {id} stopped in {:.0} ms: the guest powered off when asked; no process or state left",
+            stop.stop_ms
+        ),
+        Some(why) => println!(
+            "VM {id} killed after {:.0} ms ({why}); no process or state left",
+            stop.stop_ms
+        ),
     }
     if narrate {
-        println!("next: `podvm bench boot -n 10` compares this with a bare QEMU boot of the same kernel");
+        println!(
+            "next: `podvm bench boot -n 10` compares this with a bare QEMU boot of the same kernel"
+        );
     }
     Ok(())
 }
@@ -179,10 +214,19 @@ pub async fn bench(cmd: BenchCommand) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("boot benchmark: {} runs each, {}, {}, {} vCPU, {} MiB", report.runs, report.machine, report.accel, config.vcpus, config.memory_mib);
+    println!(
+        "boot benchmark: {} runs each, {}, {}, {} vCPU, {} MiB",
+        report.runs, report.machine, report.accel, config.vcpus, config.memory_mib
+    );
     println!("                                   min     median        max");
-    for (name, s) in [("podvm launch → agent ready", report.podvm), ("bare QEMU boot → marker init", report.bare)] {
-        println!("  {name:<28} {:>7.0} ms {:>7.0} ms {:>7.0} ms", s.min, s.median, s.max);
+    for (name, s) in [
+        ("podvm launch → agent ready", report.podvm),
+        ("bare QEMU boot → marker init", report.bare),
+    ] {
+        println!(
+            "  {name:<28} {:>7.0} ms {:>7.0} ms {:>7.0} ms",
+            s.min, s.median, s.max
+        );
     }
     println!(
         "  ratio podvm/bare (medians)   {:.3}  (podvm's own overhead {:+.1} % of the bare boot; goal ≤ 10 %)",

@@ -56,13 +56,25 @@ pub struct Entry {
 
 impl Entry {
     pub fn dir(path: &str, permissions: u32) -> Self {
-        Entry { path: path.into(), permissions, kind: EntryKind::Dir }
+        Entry {
+            path: path.into(),
+            permissions,
+            kind: EntryKind::Dir,
+        }
     }
     pub fn file(path: &str, permissions: u32, data: Vec<u8>) -> Self {
-        Entry { path: path.into(), permissions, kind: EntryKind::File(data) }
+        Entry {
+            path: path.into(),
+            permissions,
+            kind: EntryKind::File(data),
+        }
     }
     pub fn char_device(path: &str, permissions: u32, major: u32, minor: u32) -> Self {
-        Entry { path: path.into(), permissions, kind: EntryKind::CharDevice { major, minor } }
+        Entry {
+            path: path.into(),
+            permissions,
+            kind: EntryKind::CharDevice { major, minor },
+        }
     }
 
     fn type_bits(&self) -> u32 {
@@ -102,7 +114,10 @@ pub fn write_archive(entries: &[Entry], mut out: impl Write) -> io::Result<()> {
     let mut sorted: Vec<&Entry> = entries.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
     if let Some(w) = sorted.windows(2).find(|w| w[0].path == w[1].path) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("duplicate cpio entry {:?}", w[0].path)));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("duplicate cpio entry {:?}", w[0].path),
+        ));
     }
     for (index, entry) in sorted.iter().enumerate() {
         let data: &[u8] = match &entry.kind {
@@ -116,19 +131,41 @@ pub fn write_archive(entries: &[Entry], mut out: impl Write) -> io::Result<()> {
         };
         let nlink = if entry.kind == EntryKind::Dir { 2 } else { 1 };
         let mode = entry.type_bits() | (entry.permissions & 0o7777);
-        write_entry(&mut out, index as u32 + 1, mode, nlink, &entry.path, data, rmajor, rminor)?;
+        write_entry(
+            &mut out,
+            index as u32 + 1,
+            mode,
+            nlink,
+            &entry.path,
+            data,
+            rmajor,
+            rminor,
+        )?;
     }
     write_entry(&mut out, 0, 0, 1, TRAILER, &[], 0, 0)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_entry(out: &mut impl Write, ino: u32, mode: u32, nlink: u32, name: &str, data: &[u8], rmajor: u32, rminor: u32) -> io::Result<()> {
+fn write_entry(
+    out: &mut impl Write,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    name: &str,
+    data: &[u8],
+    rmajor: u32,
+    rminor: u32,
+) -> io::Result<()> {
     let mut fields = [0u32; field::COUNT];
     fields[field::INO] = ino;
     fields[field::MODE] = mode;
     fields[field::NLINK] = nlink;
-    fields[field::FILESIZE] = u32::try_from(data.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{name} is larger than 4 GiB")))?;
+    fields[field::FILESIZE] = u32::try_from(data.len()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name} is larger than 4 GiB"),
+        )
+    })?;
     fields[field::RDEVMAJOR] = rmajor;
     fields[field::RDEVMINOR] = rminor;
     fields[field::NAMESIZE] = name.len() as u32 + 1;
@@ -151,35 +188,55 @@ pub fn read_archive(bytes: &[u8]) -> Result<Vec<Entry>, CpioError> {
     let mut offset = 0;
     loop {
         let available = &bytes[offset.min(bytes.len())..];
-        if !available.is_empty() && !MAGIC.starts_with(&available[..available.len().min(MAGIC.len())]) {
+        if !available.is_empty()
+            && !MAGIC.starts_with(&available[..available.len().min(MAGIC.len())])
+        {
             return Err(CpioError::BadMagic { offset });
         }
         let header = bytes
             .get(offset..offset + HEADER_LEN)
-            .ok_or(CpioError::Truncated { offset, what: "header" })?;
+            .ok_or(CpioError::Truncated {
+                offset,
+                what: "header",
+            })?;
         if &header[..MAGIC.len()] != MAGIC {
             return Err(CpioError::BadMagic { offset });
         }
         let mut fields = [0u32; field::COUNT];
         for (i, value) in fields.iter_mut().enumerate() {
             let start = MAGIC.len() + i * FIELD_LEN;
-            let text = std::str::from_utf8(&header[start..start + FIELD_LEN]).map_err(|_| CpioError::BadField { offset: offset + start })?;
-            *value = u32::from_str_radix(text, 16).map_err(|_| CpioError::BadField { offset: offset + start })?;
+            let text = std::str::from_utf8(&header[start..start + FIELD_LEN]).map_err(|_| {
+                CpioError::BadField {
+                    offset: offset + start,
+                }
+            })?;
+            *value = u32::from_str_radix(text, 16).map_err(|_| CpioError::BadField {
+                offset: offset + start,
+            })?;
         }
         let name_start = offset + HEADER_LEN;
         let name_len = fields[field::NAMESIZE] as usize;
-        let name_bytes = bytes
-            .get(name_start..name_start + name_len)
-            .ok_or(CpioError::Truncated { offset: name_start, what: "entry name" })?;
+        let name_bytes =
+            bytes
+                .get(name_start..name_start + name_len)
+                .ok_or(CpioError::Truncated {
+                    offset: name_start,
+                    what: "entry name",
+                })?;
         let name = match name_bytes.split_last() {
-            Some((0, name)) => std::str::from_utf8(name).map_err(|_| CpioError::BadName { offset: name_start })?,
+            Some((0, name)) => {
+                std::str::from_utf8(name).map_err(|_| CpioError::BadName { offset: name_start })?
+            }
             _ => return Err(CpioError::BadName { offset: name_start }),
         };
         let data_start = name_start + name_len + pad4(HEADER_LEN + name_len);
         let size = fields[field::FILESIZE] as usize;
         let data = bytes
             .get(data_start..data_start + size)
-            .ok_or(CpioError::Truncated { offset: data_start, what: "file data" })?;
+            .ok_or(CpioError::Truncated {
+                offset: data_start,
+                what: "file data",
+            })?;
         offset = data_start + size + pad4(size);
         if name == TRAILER {
             return Ok(entries);
@@ -189,10 +246,22 @@ pub fn read_archive(bytes: &[u8]) -> Result<Vec<Entry>, CpioError> {
             S_IFDIR => EntryKind::Dir,
             S_IFREG => EntryKind::File(data.to_vec()),
             S_IFLNK => EntryKind::Symlink(String::from_utf8_lossy(data).into_owned()),
-            S_IFCHR => EntryKind::CharDevice { major: fields[field::RDEVMAJOR], minor: fields[field::RDEVMINOR] },
-            _ => return Err(CpioError::UnsupportedType { path: name.to_string(), mode }),
+            S_IFCHR => EntryKind::CharDevice {
+                major: fields[field::RDEVMAJOR],
+                minor: fields[field::RDEVMINOR],
+            },
+            _ => {
+                return Err(CpioError::UnsupportedType {
+                    path: name.to_string(),
+                    mode,
+                });
+            }
         };
-        entries.push(Entry { path: name.to_string(), permissions: mode & 0o7777, kind });
+        entries.push(Entry {
+            path: name.to_string(),
+            permissions: mode & 0o7777,
+            kind,
+        });
         if offset >= bytes.len() {
             return Err(CpioError::NoTrailer);
         }
@@ -212,7 +281,11 @@ mod tests {
             Entry::file("init", 0o755, b"#!agent\n".to_vec()),
             Entry::dir("dev", 0o755),
             Entry::char_device("dev/console", 0o600, 5, 1),
-            Entry { path: "bin/sh".into(), permissions: 0o777, kind: EntryKind::Symlink("busybox".into()) },
+            Entry {
+                path: "bin/sh".into(),
+                permissions: 0o777,
+                kind: EntryKind::Symlink("busybox".into()),
+            },
             Entry::dir("bin", 0o755),
         ]
     }
@@ -242,7 +315,11 @@ mod tests {
     #[test]
     fn header_layout_matches_the_kernel_format() {
         let mut bytes = Vec::new();
-        write_archive(&[Entry::char_device("dev/console", 0o600, 5, 1)], &mut bytes).unwrap();
+        write_archive(
+            &[Entry::char_device("dev/console", 0o600, 5, 1)],
+            &mut bytes,
+        )
+        .unwrap();
         let header = std::str::from_utf8(&bytes[..HEADER_LEN]).unwrap();
         // magic, ino 1, mode 020600, uid 0, gid 0, nlink 1, mtime 0, size 0, dev 0:0, rdev 5:1,
         // namesize 12 ("dev/console\0"), check 0.
@@ -266,14 +343,23 @@ mod tests {
         write_archive(&sample(), &mut bytes).unwrap();
         for cut in [1, 50, 120, bytes.len() / 2] {
             let err = read_archive(&bytes[..bytes.len() - cut]).unwrap_err();
-            assert!(matches!(err, CpioError::Truncated { .. } | CpioError::NoTrailer), "cut {cut}: {err}");
+            assert!(
+                matches!(err, CpioError::Truncated { .. } | CpioError::NoTrailer),
+                "cut {cut}: {err}"
+            );
         }
         let mut bad = bytes.clone();
         bad[0] = b'1';
-        assert_eq!(read_archive(&bad).unwrap_err(), CpioError::BadMagic { offset: 0 });
+        assert_eq!(
+            read_archive(&bad).unwrap_err(),
+            CpioError::BadMagic { offset: 0 }
+        );
         let mut bad = bytes.clone();
         bad[10] = b'Z';
-        assert_eq!(read_archive(&bad).unwrap_err(), CpioError::BadField { offset: 6 });
+        assert_eq!(
+            read_archive(&bad).unwrap_err(),
+            CpioError::BadField { offset: 6 }
+        );
         assert!(read_archive(b"").is_err());
     }
 }

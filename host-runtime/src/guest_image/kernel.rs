@@ -18,10 +18,30 @@ use super::ImageError;
 
 /// Options the guest needs, checked in the configuration after `olddefconfig`.
 pub const REQUIRED_OPTIONS: &[&str] = &[
-    "PVH", "VIRTIO_MMIO", "VIRTIO_PCI", "VSOCKETS", "VIRTIO_VSOCKETS", "VIRTIO_BLK", "VIRTIO_NET",
-    "OVERLAY_FS", "EROFS_FS", "BLK_DEV_DM", "DM_VERITY", "NAMESPACES", "CGROUPS", "SECCOMP",
-    "SECCOMP_FILTER", "DEVTMPFS", "BLK_DEV_INITRD", "CONFIGFS_FS", "SEV_GUEST", "INTEL_TDX_GUEST",
-    "TDX_GUEST_DRIVER", "TSM_REPORTS", "SERIAL_8250_CONSOLE", "ACPI",
+    "PVH",
+    "VIRTIO_MMIO",
+    "VIRTIO_PCI",
+    "VSOCKETS",
+    "VIRTIO_VSOCKETS",
+    "VIRTIO_BLK",
+    "VIRTIO_NET",
+    "OVERLAY_FS",
+    "EROFS_FS",
+    "BLK_DEV_DM",
+    "DM_VERITY",
+    "NAMESPACES",
+    "CGROUPS",
+    "SECCOMP",
+    "SECCOMP_FILTER",
+    "DEVTMPFS",
+    "BLK_DEV_INITRD",
+    "CONFIGFS_FS",
+    "SEV_GUEST",
+    "INTEL_TDX_GUEST",
+    "TDX_GUEST_DRIVER",
+    "TSM_REPORTS",
+    "SERIAL_8250_CONSOLE",
+    "ACPI",
 ];
 
 /// How to build the guest kernel.
@@ -89,7 +109,10 @@ impl KernelBuild {
 
     /// Builds the kernel, or returns the cached build for the same source version and config.
     pub fn build(&self) -> Result<KernelArtifacts, ImageError> {
-        let config = fs::read(&self.config).map_err(io_err(format!("read the kernel config {}", self.config.display())))?;
+        let config = fs::read(&self.config).map_err(io_err(format!(
+            "read the kernel config {}",
+            self.config.display()
+        )))?;
         let config_sha256 = hex::encode(Sha256::digest(&config));
         let version = self.source_version()?;
         let key = format!("linux-{version}-{}", &config_sha256[..16]);
@@ -107,9 +130,11 @@ impl KernelBuild {
         let src = self.unpacked_source(&version)?;
         let obj = self.cache_dir.join("build").join(&key);
         fs::create_dir_all(&obj).map_err(io_err(format!("create {}", obj.display())))?;
-        fs::write(obj.join(".config"), &config).map_err(io_err(format!("write {}/.config", obj.display())))?;
+        fs::write(obj.join(".config"), &config)
+            .map_err(io_err(format!("write {}/.config", obj.display())))?;
         self.make(&src, &obj, &["olddefconfig"])?;
-        let effective = fs::read_to_string(obj.join(".config")).map_err(io_err("read the effective config".into()))?;
+        let effective = fs::read_to_string(obj.join(".config"))
+            .map_err(io_err("read the effective config".into()))?;
         check_options(&effective, &self.config)?;
 
         tracing::info!(%key, jobs = self.jobs, "building the guest kernel (minutes; cached afterwards)");
@@ -120,8 +145,13 @@ impl KernelBuild {
         let staging = self.cache_dir.join("kernel").join(format!(".{key}.tmp"));
         let _ = fs::remove_dir_all(&staging);
         fs::create_dir_all(&staging).map_err(io_err(format!("create {}", staging.display())))?;
-        for (from, to) in [("vmlinux", "vmlinux"), ("arch/x86/boot/bzImage", "bzImage"), (".config", "config")] {
-            fs::copy(obj.join(from), staging.join(to)).map_err(io_err(format!("copy {from} out of {}", obj.display())))?;
+        for (from, to) in [
+            ("vmlinux", "vmlinux"),
+            ("arch/x86/boot/bzImage", "bzImage"),
+            (".config", "config"),
+        ] {
+            fs::copy(obj.join(from), staging.join(to))
+                .map_err(io_err(format!("copy {from} out of {}", obj.display())))?;
         }
         let artifacts = KernelArtifacts {
             key,
@@ -135,13 +165,19 @@ impl KernelBuild {
         let meta = serde_json::to_vec_pretty(&artifacts).expect("serialise build.json");
         fs::write(staging.join("build.json"), meta).map_err(io_err("write build.json".into()))?;
         let _ = fs::remove_dir_all(&out_dir);
-        fs::rename(&staging, &out_dir).map_err(io_err(format!("move the kernel build into {}", out_dir.display())))?;
+        fs::rename(&staging, &out_dir).map_err(io_err(format!(
+            "move the kernel build into {}",
+            out_dir.display()
+        )))?;
         Ok(artifacts)
     }
 
     /// The unpacked source tree `<cache>/src/<package>-<version>`, unpacking it if needed.
     fn unpacked_source(&self, version: &str) -> Result<PathBuf, ImageError> {
-        let src = self.cache_dir.join("src").join(format!("{}-{version}", self.source_package));
+        let src = self
+            .cache_dir
+            .join("src")
+            .join(format!("{}-{version}", self.source_package));
         if src.join("Makefile").is_file() {
             return Ok(src);
         }
@@ -153,12 +189,26 @@ impl KernelBuild {
                 self.source_package
             )));
         }
-        let staging = self.cache_dir.join("src").join(format!(".unpack-{}", std::process::id()));
+        let staging = self
+            .cache_dir
+            .join("src")
+            .join(format!(".unpack-{}", std::process::id()));
         let _ = fs::remove_dir_all(&staging);
         fs::create_dir_all(&staging).map_err(io_err(format!("create {}", staging.display())))?;
-        run(Command::new("tar").arg("-xJf").arg(&tarball).arg("-C").arg(&staging), "unpack the kernel source", None)?;
+        run(
+            Command::new("tar")
+                .arg("-xJf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(&staging),
+            "unpack the kernel source",
+            None,
+        )?;
         let _ = fs::remove_dir_all(&src);
-        fs::rename(staging.join(&self.source_package), &src).map_err(io_err(format!("move the kernel source into {}", src.display())))?;
+        fs::rename(staging.join(&self.source_package), &src).map_err(io_err(format!(
+            "move the kernel source into {}",
+            src.display()
+        )))?;
         let _ = fs::remove_dir_all(&staging);
         Ok(src)
     }
@@ -166,7 +216,11 @@ impl KernelBuild {
     fn make(&self, src: &Path, obj: &Path, targets: &[&str]) -> Result<(), ImageError> {
         let log = obj.join("build.log");
         let mut cmd = Command::new("make");
-        cmd.arg("-C").arg(src).arg(format!("O={}", obj.display())).arg(format!("-j{}", self.jobs)).args(targets);
+        cmd.arg("-C")
+            .arg(src)
+            .arg(format!("O={}", obj.display()))
+            .arg(format!("-j{}", self.jobs))
+            .args(targets);
         // Reproducible: no build time, user or host in the image.
         cmd.env("KBUILD_BUILD_TIMESTAMP", "Thu Jan  1 00:00:00 UTC 1970")
             .env("KBUILD_BUILD_USER", "podvm")
@@ -180,21 +234,33 @@ impl KernelBuild {
 fn run(cmd: &mut Command, what: &str, log: Option<&Path>) -> Result<(), ImageError> {
     let output = match log {
         Some(log) => {
-            let file = fs::File::create(log).map_err(io_err(format!("create {}", log.display())))?;
-            let err = file.try_clone().map_err(io_err("dup the log file".into()))?;
+            let file =
+                fs::File::create(log).map_err(io_err(format!("create {}", log.display())))?;
+            let err = file
+                .try_clone()
+                .map_err(io_err("dup the log file".into()))?;
             cmd.stdout(file).stderr(err);
             let status = cmd.status().map_err(io_err(format!("start {what}")))?;
             (status, fs::read_to_string(log).unwrap_or_default())
         }
         None => {
             let out = cmd.output().map_err(io_err(format!("start {what}")))?;
-            (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+            (
+                out.status,
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
         }
     };
     if output.0.success() {
         return Ok(());
     }
-    let tail: Vec<&str> = output.1.lines().rev().filter(|l| !l.trim().is_empty()).take(3).collect();
+    let tail: Vec<&str> = output
+        .1
+        .lines()
+        .rev()
+        .filter(|l| !l.trim().is_empty())
+        .take(3)
+        .collect();
     Err(ImageError::BuildFailed {
         what: what.to_string(),
         detail: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
@@ -205,7 +271,11 @@ fn run(cmd: &mut Command, what: &str, log: Option<&Path>) -> Result<(), ImageErr
 /// Checks that every [`REQUIRED_OPTIONS`] is `=y` and that modules are off.
 fn check_options(effective: &str, config_path: &Path) -> Result<(), ImageError> {
     let is_y = |opt: &str| effective.lines().any(|l| l == format!("CONFIG_{opt}=y"));
-    let missing: Vec<&str> = REQUIRED_OPTIONS.iter().copied().filter(|o| !is_y(o)).collect();
+    let missing: Vec<&str> = REQUIRED_OPTIONS
+        .iter()
+        .copied()
+        .filter(|o| !is_y(o))
+        .collect();
     let mut problems = Vec::new();
     if !missing.is_empty() {
         problems.push(format!("not built in: {}", missing.join(", ")));
@@ -216,7 +286,10 @@ fn check_options(effective: &str, config_path: &Path) -> Result<(), ImageError> 
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(ImageError::BadKernelConfig { path: config_path.to_path_buf(), problems: problems.join("; ") })
+        Err(ImageError::BadKernelConfig {
+            path: config_path.to_path_buf(),
+            problems: problems.join("; "),
+        })
     }
 }
 
@@ -234,8 +307,15 @@ mod tests {
     #[test]
     fn missing_options_and_modules_are_named() {
         let config = "CONFIG_PVH=y\nCONFIG_MODULES=y\n";
-        let err = check_options(config, Path::new("c")).unwrap_err().to_string();
-        assert!(err.contains("DM_VERITY") && err.contains("TSM_REPORTS") && err.contains("CONFIG_MODULES=y"), "{err}");
+        let err = check_options(config, Path::new("c"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("DM_VERITY")
+                && err.contains("TSM_REPORTS")
+                && err.contains("CONFIG_MODULES=y"),
+            "{err}"
+        );
         assert!(!err.contains(" PVH,"), "{err}");
     }
 }

@@ -28,15 +28,28 @@ pub const MANIFEST: &str = "manifest.json";
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("cannot {what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     MissingTool(String),
     #[error("{what} failed: {detail}{}", log.as_ref().map(|l| format!(" (full log: {})", l.display())).unwrap_or_default())]
-    BuildFailed { what: String, detail: String, log: Option<PathBuf> },
+    BuildFailed {
+        what: String,
+        detail: String,
+        log: Option<PathBuf>,
+    },
     #[error("kernel config {path} is unusable: {problems}; fix it and rebuild")]
     BadKernelConfig { path: PathBuf, problems: String },
-    #[error("{what} {path} is not a statically linked x86-64 executable ({detail}); build it with scripts/build-agent")]
-    BadAgentBinary { what: &'static str, path: PathBuf, detail: String },
+    #[error(
+        "{what} {path} is not a statically linked x86-64 executable ({detail}); build it with scripts/build-agent"
+    )]
+    BadAgentBinary {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
 }
 
 /// A file of the image, with its hash.
@@ -49,8 +62,15 @@ pub struct FileDigest {
 
 impl FileDigest {
     fn of(dir: &Path, file: &str) -> Result<Self, ImageError> {
-        let bytes = fs::read(dir.join(file)).map_err(|source| ImageError::Io { what: format!("read {file}"), source })?;
-        Ok(FileDigest { file: file.to_string(), size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)) })
+        let bytes = fs::read(dir.join(file)).map_err(|source| ImageError::Io {
+            what: format!("read {file}"),
+            source,
+        })?;
+        Ok(FileDigest {
+            file: file.to_string(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        })
     }
 }
 
@@ -92,7 +112,10 @@ impl GuestImage {
     }
     pub fn manifest(&self) -> Result<GuestManifest, ImageError> {
         let path = self.dir.join(MANIFEST);
-        let bytes = fs::read(&path).map_err(|source| ImageError::Io { what: format!("read {}", path.display()), source })?;
+        let bytes = fs::read(&path).map_err(|source| ImageError::Io {
+            what: format!("read {}", path.display()),
+            source,
+        })?;
         serde_json::from_slice(&bytes).map_err(|e| ImageError::Io {
             what: format!("parse {}", path.display()),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
@@ -132,7 +155,8 @@ pub fn initramfs_entries(init: Vec<u8>) -> Vec<cpio::Entry> {
 /// Builds an initramfs image (bytes) around `init`.
 pub fn initramfs(init: Vec<u8>) -> Vec<u8> {
     let mut bytes = Vec::new();
-    cpio::write_archive(&initramfs_entries(init), &mut bytes).expect("writing to memory cannot fail");
+    cpio::write_archive(&initramfs_entries(init), &mut bytes)
+        .expect("writing to memory cannot fail");
     bytes
 }
 
@@ -140,9 +164,16 @@ const PT_INTERP: u32 = 3;
 
 /// Reads `path` and checks it is a static x86-64 ELF executable (no program interpreter).
 fn read_static_executable(what: &'static str, path: &Path) -> Result<Vec<u8>, ImageError> {
-    let bad = |detail: &str| ImageError::BadAgentBinary { what, path: path.into(), detail: detail.into() };
+    let bad = |detail: &str| ImageError::BadAgentBinary {
+        what,
+        path: path.into(),
+        detail: detail.into(),
+    };
     let bytes = fs::read(path).map_err(|e| bad(&format!("cannot read it: {e}")))?;
-    if !bytes.starts_with(b"\x7fELF") || bytes.get(4) != Some(&2) || bytes.get(18..20) != Some(&[0x3e, 0]) {
+    if !bytes.starts_with(b"\x7fELF")
+        || bytes.get(4) != Some(&2)
+        || bytes.get(18..20) != Some(&[0x3e, 0])
+    {
         return Err(bad("not an x86-64 ELF file"));
     }
     let field = |at: usize, len: usize| -> Option<u64> {
@@ -169,7 +200,10 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ImageErr
     let tmp = dir.join(format!(".{name}.tmp"));
     fs::write(&tmp, bytes)
         .and_then(|()| fs::rename(&tmp, dir.join(name)))
-        .map_err(|source| ImageError::Io { what: format!("write {}/{name}", dir.display()), source })
+        .map_err(|source| ImageError::Io {
+            what: format!("write {}/{name}", dir.display()),
+            source,
+        })
 }
 
 impl BuildGuest {
@@ -182,9 +216,18 @@ impl BuildGuest {
             Some(path) => path.clone(),
             None => {
                 // Stage the built-in config in the cache, where the kernel build reads it.
-                let path = self.cache_dir.join("config").join(format!("config-{}", &hex::encode(Sha256::digest(KERNEL_CONFIG))[..16]));
-                fs::create_dir_all(path.parent().unwrap()).map_err(|source| ImageError::Io { what: format!("create {}", self.cache_dir.display()), source })?;
-                fs::write(&path, KERNEL_CONFIG).map_err(|source| ImageError::Io { what: format!("write {}", path.display()), source })?;
+                let path = self.cache_dir.join("config").join(format!(
+                    "config-{}",
+                    &hex::encode(Sha256::digest(KERNEL_CONFIG))[..16]
+                ));
+                fs::create_dir_all(path.parent().unwrap()).map_err(|source| ImageError::Io {
+                    what: format!("create {}", self.cache_dir.display()),
+                    source,
+                })?;
+                fs::write(&path, KERNEL_CONFIG).map_err(|source| ImageError::Io {
+                    what: format!("write {}", path.display()),
+                    source,
+                })?;
                 path
             }
         };
@@ -197,9 +240,15 @@ impl BuildGuest {
         .build()?;
 
         let out = &self.out_dir;
-        fs::create_dir_all(out).map_err(|source| ImageError::Io { what: format!("create {}", out.display()), source })?;
+        fs::create_dir_all(out).map_err(|source| ImageError::Io {
+            what: format!("create {}", out.display()),
+            source,
+        })?;
         for (from, name) in [(kernel.vmlinux(), VMLINUX), (kernel.bzimage(), BZIMAGE)] {
-            let bytes = fs::read(&from).map_err(|source| ImageError::Io { what: format!("read {}", from.display()), source })?;
+            let bytes = fs::read(&from).map_err(|source| ImageError::Io {
+                what: format!("read {}", from.display()),
+                source,
+            })?;
             write_atomically(out, name, &bytes)?;
         }
         let agent_sha256 = hex::encode(Sha256::digest(&agent));
@@ -216,7 +265,11 @@ impl BuildGuest {
             marker_initramfs: FileDigest::of(out, MARKER_INITRAMFS)?,
             agent_sha256,
         };
-        write_atomically(out, MANIFEST, &serde_json::to_vec_pretty(&manifest).expect("serialise the manifest"))?;
+        write_atomically(
+            out,
+            MANIFEST,
+            &serde_json::to_vec_pretty(&manifest).expect("serialise the manifest"),
+        )?;
         Ok(manifest)
     }
 }
@@ -232,7 +285,10 @@ mod tests {
         assert_eq!(a, b);
         let entries = cpio::read_archive(&a).unwrap();
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["dev", "dev/console", "init", "proc", "run", "sys", "tmp"]);
+        assert_eq!(
+            paths,
+            ["dev", "dev/console", "init", "proc", "run", "sys", "tmp"]
+        );
         assert_ne!(initramfs(b"other".to_vec()), a);
     }
 
@@ -241,11 +297,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // This test binary is dynamically linked.
         let me = std::env::current_exe().unwrap();
-        let err = read_static_executable("agent", &me).unwrap_err().to_string();
-        assert!(err.contains("dynamically linked") && err.contains("scripts/build-agent"), "{err}");
+        let err = read_static_executable("agent", &me)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dynamically linked") && err.contains("scripts/build-agent"),
+            "{err}"
+        );
         let script = dir.path().join("script");
         fs::write(&script, "#!/bin/sh\n").unwrap();
-        assert!(read_static_executable("agent", &script).unwrap_err().to_string().contains("not an x86-64 ELF"));
-        assert!(read_static_executable("agent", &dir.path().join("absent")).unwrap_err().to_string().contains("cannot read"));
+        assert!(
+            read_static_executable("agent", &script)
+                .unwrap_err()
+                .to_string()
+                .contains("not an x86-64 ELF")
+        );
+        assert!(
+            read_static_executable("agent", &dir.path().join("absent"))
+                .unwrap_err()
+                .to_string()
+                .contains("cannot read")
+        );
     }
 }

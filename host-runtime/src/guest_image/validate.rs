@@ -19,15 +19,27 @@ pub enum KernelFormat {
 /// A kernel or initrd that cannot be booted.
 #[derive(Debug, thiserror::Error)]
 pub enum BootFileError {
-    #[error("{what} {path} cannot be read: {source}; pass an existing file (or run `podvm image build-guest`)")]
-    Unreadable { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(
+        "{what} {path} cannot be read: {source}; pass an existing file (or run `podvm image build-guest`)"
+    )]
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{what} {path} is empty; rebuild it with `podvm image build-guest`")]
     Empty { what: &'static str, path: PathBuf },
-    #[error("kernel {path} is neither an x86-64 ELF vmlinux nor a bzImage ({detail}); pass a guest kernel built by `podvm image build-guest`")]
+    #[error(
+        "kernel {path} is neither an x86-64 ELF vmlinux nor a bzImage ({detail}); pass a guest kernel built by `podvm image build-guest`"
+    )]
     NotAKernel { path: PathBuf, detail: String },
-    #[error("kernel {path} is an ELF vmlinux without a PVH entry note (CONFIG_PVH=y is needed to boot it directly); use its bzImage or rebuild with `podvm image build-guest`")]
+    #[error(
+        "kernel {path} is an ELF vmlinux without a PVH entry note (CONFIG_PVH=y is needed to boot it directly); use its bzImage or rebuild with `podvm image build-guest`"
+    )]
     NoPvhNote { path: PathBuf },
-    #[error("initrd {path} is not a usable initramfs: {detail}; rebuild it with `podvm image build-guest`")]
+    #[error(
+        "initrd {path} is not a usable initramfs: {detail}; rebuild it with `podvm image build-guest`"
+    )]
     BadInitrd { path: PathBuf, detail: String },
 }
 
@@ -44,9 +56,16 @@ const BZ_BOOT_FLAG_OFFSET: usize = 0x1fe;
 const BZ_HEADER_MAGIC_OFFSET: usize = 0x202;
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, BootFileError> {
-    let bytes = fs::read(path).map_err(|source| BootFileError::Unreadable { what, path: path.into(), source })?;
+    let bytes = fs::read(path).map_err(|source| BootFileError::Unreadable {
+        what,
+        path: path.into(),
+        source,
+    })?;
     if bytes.is_empty() {
-        return Err(BootFileError::Empty { what, path: path.into() });
+        return Err(BootFileError::Empty {
+            what,
+            path: path.into(),
+        });
     }
     Ok(bytes)
 }
@@ -56,7 +75,10 @@ pub fn check_kernel(path: &Path) -> Result<KernelFormat, BootFileError> {
     let bytes = read("kernel", path)?;
     kernel_format(&bytes).map_err(|detail| match detail {
         KernelProblem::NoPvhNote => BootFileError::NoPvhNote { path: path.into() },
-        KernelProblem::Other(detail) => BootFileError::NotAKernel { path: path.into(), detail },
+        KernelProblem::Other(detail) => BootFileError::NotAKernel {
+            path: path.into(),
+            detail,
+        },
     })
 }
 
@@ -77,20 +99,32 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 
 fn kernel_format(bytes: &[u8]) -> Result<KernelFormat, KernelProblem> {
     if bytes.starts_with(ELF_MAGIC) {
-        if bytes.get(4) != Some(&ELFCLASS64) || bytes.get(5) != Some(&ELFDATA2LSB) || u16_at(bytes, 18) != Some(EM_X86_64) {
-            return Err(KernelProblem::Other("an ELF file, but not little-endian x86-64".into()));
+        if bytes.get(4) != Some(&ELFCLASS64)
+            || bytes.get(5) != Some(&ELFDATA2LSB)
+            || u16_at(bytes, 18) != Some(EM_X86_64)
+        {
+            return Err(KernelProblem::Other(
+                "an ELF file, but not little-endian x86-64".into(),
+            ));
         }
-        return if has_pvh_note(bytes).ok_or_else(|| KernelProblem::Other("ELF program headers are truncated".into()))? {
+        return if has_pvh_note(bytes)
+            .ok_or_else(|| KernelProblem::Other("ELF program headers are truncated".into()))?
+        {
             Ok(KernelFormat::PvhElf)
         } else {
             Err(KernelProblem::NoPvhNote)
         };
     }
-    if u16_at(bytes, BZ_BOOT_FLAG_OFFSET) == Some(0xaa55) && bytes.get(BZ_HEADER_MAGIC_OFFSET..BZ_HEADER_MAGIC_OFFSET + 4) == Some(b"HdrS") {
+    if u16_at(bytes, BZ_BOOT_FLAG_OFFSET) == Some(0xaa55)
+        && bytes.get(BZ_HEADER_MAGIC_OFFSET..BZ_HEADER_MAGIC_OFFSET + 4) == Some(b"HdrS")
+    {
         return Ok(KernelFormat::BzImage);
     }
     let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    Err(KernelProblem::Other(format!("it starts with {}", head.join(" "))))
+    Err(KernelProblem::Other(format!(
+        "it starts with {}",
+        head.join(" ")
+    )))
 }
 
 /// Whether the ELF image has a PVH entry note. `None` if the headers are truncated.
@@ -112,7 +146,8 @@ fn has_pvh_note(elf: &[u8]) -> Option<bool> {
             let descsz = u32_at(notes, at + 4)? as usize;
             let kind = u32_at(notes, at + 8)?;
             let name = notes.get(at + 12..at + 12 + namesz)?;
-            if kind == XEN_ELFNOTE_PHYS32_ENTRY && name.strip_suffix(&[0]).unwrap_or(name) == b"Xen" {
+            if kind == XEN_ELFNOTE_PHYS32_ENTRY && name.strip_suffix(&[0]).unwrap_or(name) == b"Xen"
+            {
                 return Some(true);
             }
             at += 12 + namesz.div_ceil(4) * 4 + descsz.div_ceil(4) * 4;
@@ -134,15 +169,23 @@ pub struct InitrdSummary {
 /// (read completely, and it must have `/init`) or a gzip stream.
 pub fn check_initrd(path: &Path) -> Result<InitrdSummary, BootFileError> {
     let bytes = read("initrd", path)?;
-    let bad = |detail: String| BootFileError::BadInitrd { path: path.into(), detail };
+    let bad = |detail: String| BootFileError::BadInitrd {
+        path: path.into(),
+        detail,
+    };
     if bytes.starts_with(GZIP_MAGIC) {
         return Ok(InitrdSummary { entries: None });
     }
     let entries = cpio::read_archive(&bytes).map_err(|e| bad(e.to_string()))?;
-    if !entries.iter().any(|e| e.path == "init" && matches!(e.kind, cpio::EntryKind::File(_))) {
+    if !entries
+        .iter()
+        .any(|e| e.path == "init" && matches!(e.kind, cpio::EntryKind::File(_)))
+    {
         return Err(bad("it has no /init".into()));
     }
-    Ok(InitrdSummary { entries: Some(entries.len()) })
+    Ok(InitrdSummary {
+        entries: Some(entries.len()),
+    })
 }
 
 #[cfg(test)]
@@ -177,9 +220,18 @@ mod tests {
 
     #[test]
     fn pvh_elf_is_recognised() {
-        assert!(matches!(kernel_format(&elf_with_note(b"Xen\0", 18)), Ok(KernelFormat::PvhElf)));
-        assert!(matches!(kernel_format(&elf_with_note(b"Xen\0", 17)), Err(KernelProblem::NoPvhNote)));
-        assert!(matches!(kernel_format(&elf_with_note(b"GNU\0", 18)), Err(KernelProblem::NoPvhNote)));
+        assert!(matches!(
+            kernel_format(&elf_with_note(b"Xen\0", 18)),
+            Ok(KernelFormat::PvhElf)
+        ));
+        assert!(matches!(
+            kernel_format(&elf_with_note(b"Xen\0", 17)),
+            Err(KernelProblem::NoPvhNote)
+        ));
+        assert!(matches!(
+            kernel_format(&elf_with_note(b"GNU\0", 18)),
+            Err(KernelProblem::NoPvhNote)
+        ));
     }
 
     #[test]
@@ -188,10 +240,15 @@ mod tests {
         bz[BZ_BOOT_FLAG_OFFSET..BZ_BOOT_FLAG_OFFSET + 2].copy_from_slice(&0xaa55u16.to_le_bytes());
         bz[BZ_HEADER_MAGIC_OFFSET..BZ_HEADER_MAGIC_OFFSET + 4].copy_from_slice(b"HdrS");
         assert!(matches!(kernel_format(&bz), Ok(KernelFormat::BzImage)));
-        assert!(matches!(kernel_format(&[0xde, 0xad, 0xbe, 0xef]), Err(KernelProblem::Other(d)) if d.contains("de ad be ef")));
+        assert!(
+            matches!(kernel_format(&[0xde, 0xad, 0xbe, 0xef]), Err(KernelProblem::Other(d)) if d.contains("de ad be ef"))
+        );
         let mut truncated = elf_with_note(b"Xen\0", 18);
         truncated.truncate(0x50);
-        assert!(matches!(kernel_format(&truncated), Err(KernelProblem::Other(_))));
+        assert!(matches!(
+            kernel_format(&truncated),
+            Err(KernelProblem::Other(_))
+        ));
     }
 
     #[test]
@@ -199,7 +256,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.cpio");
         let mut bytes = Vec::new();
-        cpio::write_archive(&[cpio::Entry::file("init", 0o755, b"x".to_vec())], &mut bytes).unwrap();
+        cpio::write_archive(
+            &[cpio::Entry::file("init", 0o755, b"x".to_vec())],
+            &mut bytes,
+        )
+        .unwrap();
         fs::write(&good, &bytes).unwrap();
         assert_eq!(check_initrd(&good).unwrap().entries, Some(1));
 
@@ -207,7 +268,12 @@ mod tests {
         let mut bytes = Vec::new();
         cpio::write_archive(&[cpio::Entry::dir("dev", 0o755)], &mut bytes).unwrap();
         fs::write(&no_init, &bytes).unwrap();
-        assert!(check_initrd(&no_init).unwrap_err().to_string().contains("no /init"));
+        assert!(
+            check_initrd(&no_init)
+                .unwrap_err()
+                .to_string()
+                .contains("no /init")
+        );
 
         let junk = dir.path().join("junk");
         fs::write(&junk, b"hello world, not an archive").unwrap();
@@ -216,7 +282,13 @@ mod tests {
 
         let empty = dir.path().join("empty");
         fs::write(&empty, b"").unwrap();
-        assert!(matches!(check_initrd(&empty), Err(BootFileError::Empty { .. })));
-        assert!(matches!(check_initrd(&dir.path().join("absent")), Err(BootFileError::Unreadable { .. })));
+        assert!(matches!(
+            check_initrd(&empty),
+            Err(BootFileError::Empty { .. })
+        ));
+        assert!(matches!(
+            check_initrd(&dir.path().join("absent")),
+            Err(BootFileError::Unreadable { .. })
+        ));
     }
 }

@@ -33,23 +33,31 @@ impl QemuBackend {
     /// Finds `qemu-system-x86_64` (`PODVM_QEMU` or `PATH`) and `vhost-device-vsock`
     /// (`PODVM_VHOST_VSOCK`, `PATH`, or the copy `scripts/setup` installs in the cache).
     pub fn from_environment() -> Result<Self, VmError> {
-        let qemu = crate::paths::find_executable("PODVM_QEMU", "qemu-system-x86_64", &[]).ok_or_else(|| VmError::MissingBinary {
-            what: "QEMU",
-            name: "qemu-system-x86_64",
-            hint: "run scripts/setup (apt-get install qemu-system-x86) or set PODVM_QEMU",
-        })?;
+        let qemu = crate::paths::find_executable("PODVM_QEMU", "qemu-system-x86_64", &[]).ok_or(
+            VmError::MissingBinary {
+                what: "QEMU",
+                name: "qemu-system-x86_64",
+                hint: "run scripts/setup (apt-get install qemu-system-x86) or set PODVM_QEMU",
+            },
+        )?;
         let fallback = crate::paths::cache_dir().join("vhost-device-vsock/bin/vhost-device-vsock");
-        let vhost_vsock = crate::paths::find_executable("PODVM_VHOST_VSOCK", "vhost-device-vsock", &[fallback]).ok_or_else(|| VmError::MissingBinary {
-            what: "the vsock backend",
-            name: "vhost-device-vsock",
-            hint: "run scripts/setup (it installs vhost-device-vsock) or set PODVM_VHOST_VSOCK",
-        })?;
+        let vhost_vsock =
+            crate::paths::find_executable("PODVM_VHOST_VSOCK", "vhost-device-vsock", &[fallback])
+                .ok_or(VmError::MissingBinary {
+                what: "the vsock backend",
+                name: "vhost-device-vsock",
+                hint: "run scripts/setup (it installs vhost-device-vsock) or set PODVM_VHOST_VSOCK",
+            })?;
         Ok(QemuBackend { qemu, vhost_vsock })
     }
 
     /// The kernel command line for `machine` and `accel`, followed by `extra`.
     pub fn kernel_cmdline(machine: Machine, accel: Accel, extra: &str) -> String {
-        let mut words = vec!["console=ttyS0".to_string(), "quiet".into(), "panic=-1".into()];
+        let mut words = vec![
+            "console=ttyS0".to_string(),
+            "quiet".into(),
+            "panic=-1".into(),
+        ];
         if machine == Machine::Microvm {
             words.push("pci=off".into());
             if accel == Accel::Tcg {
@@ -68,7 +76,10 @@ impl QemuBackend {
 
     /// The arguments every launch shares: machine, accelerator, CPUs, memory, kernel.
     fn base_args(spec: &VmSpec) -> Vec<OsString> {
-        let memory_backend = format!("memory-backend-memfd,id=mem,size={}M,share=on", spec.memory_mib);
+        let memory_backend = format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on",
+            spec.memory_mib
+        );
         let machine = match spec.machine {
             Machine::Microvm => "microvm,memory-backend=mem",
             Machine::Q35 => "q35,memory-backend=mem",
@@ -106,12 +117,22 @@ impl QemuBackend {
     /// Boots `spec` without any podvm device, with the console on a pipe, and returns how long it
     /// took until the console printed a line containing `marker` (`None`: it exited or `deadline`
     /// passed first). The baseline of `podvm bench boot`, and the KVM probe.
-    pub fn bare_boot(&self, spec: &VmSpec, marker: &str, deadline: Duration) -> Result<Option<Duration>, VmError> {
+    pub fn bare_boot(
+        &self,
+        spec: &VmSpec,
+        marker: &str,
+        deadline: Duration,
+    ) -> Result<Option<Duration>, VmError> {
         let mut cmd = Command::new(&self.qemu);
         cmd.args(Self::base_args(spec)).args(["-serial", "stdio"]);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         let started = Instant::now();
-        let mut qemu = OwnedChild::spawn("QEMU", cmd).map_err(|source| VmError::Spawn { what: "QEMU", source })?;
+        let mut qemu = OwnedChild::spawn("QEMU", cmd).map_err(|source| VmError::Spawn {
+            what: "QEMU",
+            source,
+        })?;
         let stdout = qemu.take_stdout().expect("stdout is piped");
         let (tx, rx) = std::sync::mpsc::channel();
         let marker = marker.to_string();
@@ -152,12 +173,27 @@ impl Hypervisor for QemuBackend {
             vhost_socket.display(),
             vsock.uds_path().display()
         ));
-        cmd.stdin(Stdio::null()).stdout(log_file(&backend_log)?).stderr(log_file(&backend_log)?);
-        let mut backend = OwnedChild::spawn("vhost-device-vsock", cmd).map_err(|source| VmError::Spawn { what: "vhost-device-vsock", source })?;
-        state.record_pid("vsock-backend", backend.pid()).map_err(|e| VmError::State(e.to_string()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log_file(&backend_log)?)
+            .stderr(log_file(&backend_log)?);
+        let mut backend =
+            OwnedChild::spawn("vhost-device-vsock", cmd).map_err(|source| VmError::Spawn {
+                what: "vhost-device-vsock",
+                source,
+            })?;
+        state
+            .record_pid("vsock-backend", backend.pid())
+            .map_err(|e| VmError::State(e.to_string()))?;
         while !vhost_socket.exists() {
-            if let Some(status) = backend.try_wait().map_err(|source| VmError::Spawn { what: "vhost-device-vsock", source })? {
-                return Err(VmError::ProcessExited { what: "vhost-device-vsock", status: status.to_string(), detail: last_line(&backend_log) });
+            if let Some(status) = backend.try_wait().map_err(|source| VmError::Spawn {
+                what: "vhost-device-vsock",
+                source,
+            })? {
+                return Err(VmError::ProcessExited {
+                    what: "vhost-device-vsock",
+                    status: status.to_string(),
+                    detail: last_line(&backend_log),
+                });
             }
             if started.elapsed() > BACKEND_READY_TIMEOUT {
                 return Err(VmError::ProcessExited {
@@ -175,18 +211,35 @@ impl Hypervisor for QemuBackend {
         let mut cmd = Command::new(&self.qemu);
         cmd.args(Self::base_args(spec));
         cmd.arg("-name").arg(format!("podvm-{}", state.id()));
-        cmd.arg("-chardev").arg(format!("file,id=console,path={}", state.file(CONSOLE_LOG).display()));
+        cmd.arg("-chardev").arg(format!(
+            "file,id=console,path={}",
+            state.file(CONSOLE_LOG).display()
+        ));
         cmd.args(["-serial", "chardev:console"]);
-        cmd.arg("-chardev").arg(format!("socket,id=vsock,path={}", vhost_socket.display()));
+        cmd.arg("-chardev")
+            .arg(format!("socket,id=vsock,path={}", vhost_socket.display()));
         let device = match spec.machine {
             Machine::Microvm => "vhost-user-vsock-device,chardev=vsock",
             Machine::Q35 => "vhost-user-vsock-pci,chardev=vsock",
         };
         cmd.args(["-device", device]);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file(&vmm_log)?);
-        let vmm = OwnedChild::spawn("QEMU", cmd).map_err(|source| VmError::Spawn { what: "QEMU", source })?;
-        state.record_pid("qemu", vmm.pid()).map_err(|e| VmError::State(e.to_string()))?;
-        Ok(LaunchedVm { vmm, helpers: vec![backend], vsock, vmm_log, helpers_ready })
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&vmm_log)?);
+        let vmm = OwnedChild::spawn("QEMU", cmd).map_err(|source| VmError::Spawn {
+            what: "QEMU",
+            source,
+        })?;
+        state
+            .record_pid("qemu", vmm.pid())
+            .map_err(|e| VmError::State(e.to_string()))?;
+        Ok(LaunchedVm {
+            vmm,
+            helpers: vec![backend],
+            vsock,
+            vmm_log,
+            helpers_ready,
+        })
     }
 }
 
@@ -213,7 +266,10 @@ pub fn last_line(path: &Path) -> String {
 /// The host's TSC frequency in kHz: `PODVM_TSC_KHZ`, else `cpu MHz` of /proc/cpuinfo (constant
 /// on hosts with `constant_tsc`).
 pub fn host_tsc_khz() -> Option<u64> {
-    if let Some(khz) = std::env::var("PODVM_TSC_KHZ").ok().and_then(|v| v.parse().ok()) {
+    if let Some(khz) = std::env::var("PODVM_TSC_KHZ")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         return Some(khz);
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
@@ -232,8 +288,14 @@ mod tests {
 
     #[test]
     fn tsc_frequency_comes_from_cpuinfo() {
-        assert_eq!(parse_cpu_mhz_khz("processor\t: 0\ncpu MHz\t\t: 2100.000\n"), Some(2_100_000));
-        assert_eq!(parse_cpu_mhz_khz("cpu MHz\t\t: 2999.9996\n"), Some(3_000_000));
+        assert_eq!(
+            parse_cpu_mhz_khz("processor\t: 0\ncpu MHz\t\t: 2100.000\n"),
+            Some(2_100_000)
+        );
+        assert_eq!(
+            parse_cpu_mhz_khz("cpu MHz\t\t: 2999.9996\n"),
+            Some(3_000_000)
+        );
         assert_eq!(parse_cpu_mhz_khz("processor: 0\n"), None);
     }
 
@@ -246,6 +308,9 @@ mod tests {
             assert!(microvm.contains("tsc_early_khz="), "{microvm}");
         }
         let q35 = QemuBackend::kernel_cmdline(Machine::Q35, Accel::Tcg, "");
-        assert!(!q35.contains("tsc_early_khz") && !q35.contains("pci=off"), "{q35}");
+        assert!(
+            !q35.contains("tsc_early_khz") && !q35.contains("pci=off"),
+            "{q35}"
+        );
     }
 }
