@@ -88,3 +88,29 @@ async fn a_vm_boots_its_agent_answers_and_nothing_is_left_after_stop() {
         "something left in the state root"
     );
 }
+
+#[tokio::test]
+async fn the_q35_machine_boots_with_virtio_pci_vsock() {
+    let state_root = tempfile::tempdir().unwrap();
+    let log_dir = tempfile::tempdir().unwrap();
+    let mut config = VmConfig::with_guest_image(&guest_image());
+    config.machine = podvm_host_runtime::hypervisor::Machine::Q35;
+    config.accel = podvm_host_runtime::accel::AccelChoice::Tcg;
+    config.memory_mib = 256;
+    config.state_root = state_root.path().to_path_buf();
+    config.log_dir = log_dir.path().to_path_buf();
+    let qemu = QemuBackend::from_environment().unwrap();
+    let vm = Vm::start(&config, &qemu)
+        .await
+        .expect("q35 boots and its agent answers");
+    assert!(
+        !vm.spec().cmdline.contains("tsc_early_khz"),
+        "q35 needs no TSC quirk: {}",
+        vm.spec().cmdline
+    );
+    assert_eq!(vm.agent().guest_details().await.unwrap().online_vcpus, 1);
+    let pids = vm.pids();
+    assert!(vm.stop().await.graceful);
+    assert!(wait_gone(&pids, 5).is_empty());
+    assert_eq!(std::fs::read_dir(state_root.path()).unwrap().count(), 0);
+}

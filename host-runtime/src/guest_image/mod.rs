@@ -176,21 +176,10 @@ fn read_static_executable(what: &'static str, path: &Path) -> Result<Vec<u8>, Im
     {
         return Err(bad("not an x86-64 ELF file"));
     }
-    let field = |at: usize, len: usize| -> Option<u64> {
-        let mut v = [0u8; 8];
-        v[..len].copy_from_slice(bytes.get(at..at + len)?);
-        Some(u64::from_le_bytes(v))
-    };
-    let (phoff, phentsize, phnum) = (field(0x20, 8), field(0x36, 2), field(0x38, 2));
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else {
-        return Err(bad("truncated ELF header"));
-    };
-    for i in 0..phnum {
-        match field((phoff + i * phentsize) as usize, 4) {
-            Some(t) if t as u32 == PT_INTERP => return Err(bad("it is dynamically linked")),
-            Some(_) => {}
-            None => return Err(bad("truncated program headers")),
-        }
+    let headers =
+        validate::program_headers(&bytes).ok_or_else(|| bad("truncated program headers"))?;
+    if headers.iter().any(|ph| ph.kind == PT_INTERP) {
+        return Err(bad("it is dynamically linked"));
     }
     Ok(bytes)
 }

@@ -127,19 +127,38 @@ fn kernel_format(bytes: &[u8]) -> Result<KernelFormat, KernelProblem> {
     )))
 }
 
-/// Whether the ELF image has a PVH entry note. `None` if the headers are truncated.
-fn has_pvh_note(elf: &[u8]) -> Option<bool> {
+/// An ELF64 program header: type, file offset and file size of the segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProgramHeader {
+    pub kind: u32,
+    pub offset: usize,
+    pub size: usize,
+}
+
+/// The program headers of a little-endian ELF64 image. `None` if they are truncated.
+pub(crate) fn program_headers(elf: &[u8]) -> Option<Vec<ProgramHeader>> {
     let phoff = u64_at(elf, 0x20)? as usize;
     let phentsize = u16_at(elf, 0x36)? as usize;
     let phnum = u16_at(elf, 0x38)? as usize;
-    for i in 0..phnum {
-        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
-        if u32_at(elf, ph)? != PT_NOTE {
-            continue;
-        }
-        let offset = u64_at(elf, ph + 0x08)? as usize;
-        let size = u64_at(elf, ph + 0x20)? as usize;
-        let notes = elf.get(offset..offset.checked_add(size)?)?;
+    (0..phnum)
+        .map(|i| {
+            let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+            Some(ProgramHeader {
+                kind: u32_at(elf, ph)?,
+                offset: u64_at(elf, ph + 0x08)? as usize,
+                size: u64_at(elf, ph + 0x20)? as usize,
+            })
+        })
+        .collect()
+}
+
+/// Whether the ELF image has a PVH entry note. `None` if the headers are truncated.
+fn has_pvh_note(elf: &[u8]) -> Option<bool> {
+    for ph in program_headers(elf)?
+        .into_iter()
+        .filter(|ph| ph.kind == PT_NOTE)
+    {
+        let notes = elf.get(ph.offset..ph.offset.checked_add(ph.size)?)?;
         let mut at = 0;
         while at + 12 <= notes.len() {
             let namesz = u32_at(notes, at)? as usize;
