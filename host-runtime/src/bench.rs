@@ -98,7 +98,7 @@ pub async fn boot(
     Ok(BootBenchReport {
         runs,
         accel,
-        machine: format!("{:?}", config.machine).to_lowercase(),
+        machine: config.machine.as_str().to_string(),
         podvm_ms,
         bare_ms,
         podvm,

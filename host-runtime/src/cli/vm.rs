@@ -107,8 +107,10 @@ async fn run_vm(args: &VmArgs, json: bool, narrate: bool) -> Result<()> {
     let qemu = QemuBackend::from_environment()?;
     if narrate {
         println!(
-            "podvm demo: booting a pod VM ({} vCPU, {} MiB, {:?}) whose PID 1 is the podvm agent…",
-            config.vcpus, config.memory_mib, config.machine
+            "podvm demo: booting a pod VM ({} vCPU, {} MiB, {}) whose PID 1 is the podvm agent…",
+            config.vcpus,
+            config.memory_mib,
+            config.machine.as_str()
         );
     }
     let vm = Vm::start(&config, &qemu).await?;
