@@ -6,7 +6,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const PROTOS: &[&str] = &["protos/health.proto", "protos/agent.proto"];
+const PROTOS: &[&str] = &[
+    "protos/health.proto",
+    "protos/oci.proto",
+    "protos/agent.proto",
+];
 
 fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -202,7 +202,18 @@ impl ConfigfsTsm {
         let entry = self
             .root
             .join(format!("podvm-probe-{}-{n}", std::process::id()));
-        fs::create_dir(&entry).map_err(io_err("mkdir", &entry))?;
+        match fs::create_dir(&entry) {
+            Ok(()) => {}
+            // configfs-tsm is built into the kernel but no TEE driver registered a provider:
+            // the kernel refuses new report entries with ENXIO. That is "no TEE", not a fault.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(AttesterError::NoTee(format!(
+                    "{} has no provider (no TEE driver registered)",
+                    self.root.display()
+                )));
+            }
+            Err(e) => return Err(io_err("mkdir", &entry)(e)),
+        }
         let p = entry.join("provider");
         let r = fs::read_to_string(&p)
             .map(|s| s.trim().to_string())
@@ -377,6 +388,7 @@ pub fn detect(paths: &AttesterPaths) -> Result<TeeKind, AttesterError> {
     }
     let tsm = ConfigfsTsm::new(&paths.tsm_report_root);
     if tsm.available() {
+        // `provider()` answers NoTee when no TEE driver registered with configfs-tsm.
         return match tsm.provider()?.as_str() {
             PROVIDER_SNP => Ok(TeeKind::Snp),
             PROVIDER_TDX => Ok(TeeKind::Tdx),

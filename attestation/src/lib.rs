@@ -7,6 +7,8 @@
 pub mod attester;
 pub mod emulated;
 pub mod error;
+#[cfg(feature = "kbs-protocol")]
+pub mod kbs_client;
 pub mod snp;
 pub mod tdx;
 pub mod verifier;

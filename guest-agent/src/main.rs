@@ -3,15 +3,23 @@
 //! As PID 1 it mounts the API filesystems, logs to the console, serves the agent API over vsock
 //! (see [`podvm_guest_agent::transport`]) and powers the VM off when the host asks or on a fatal
 //! error. `podvm-agent --listen unix:<path>` serves the same API on a Unix socket, for tests.
+//!
+//! Before serving, the agent reads the pod's initdata (`podvm.initdata=<device>` on the kernel
+//! command line, or `--initdata <image>`), checks its digest against the TEE evidence (refusing to
+//! start on a mismatch) and enforces its `policy.rego`, else the built-in default policy.
+//! `--policy-log <path>` appends every policy decision as JSON lines.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use podvm_attestation::attester::AttesterPaths;
 use podvm_guest_agent::guest_info::uptime_us;
 use podvm_guest_agent::init::{self, AgentParams};
+use podvm_guest_agent::initdata::{self, Binding};
 use podvm_guest_agent::service::Agent;
 use podvm_guest_agent::transport;
+use podvm_policy::{AgentPolicy, PolicyOrigin};
 use podvm_protocols::AGENT_PORT;
 use tokio::signal::unix::{SignalKind, signal};
 use ttrpc::r#async::Server;
@@ -25,16 +33,64 @@ enum Endpoint {
     Unix(PathBuf),
 }
 
-fn parse_args() -> Result<Endpoint> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
-        [] => Ok(Endpoint::Vsock),
-        [flag, value] if flag == "--listen" => match value.strip_prefix("unix:") {
-            Some(path) => Ok(Endpoint::Unix(PathBuf::from(path))),
-            None => bail!("--listen takes unix:<path>, got {value:?}"),
-        },
-        _ => bail!("usage: podvm-agent [--listen unix:<path>] (got {args:?})"),
+struct Args {
+    endpoint: Endpoint,
+    /// An initdata device image (instead of the kernel command line's `podvm.initdata`).
+    initdata: Option<PathBuf>,
+    policy_log: Option<PathBuf>,
+}
+
+const USAGE: &str =
+    "usage: podvm-agent [--listen unix:<path>] [--initdata <image>] [--policy-log <path>]";
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        endpoint: Endpoint::Vsock,
+        initdata: None,
+        policy_log: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let Some(value) = it.next() else {
+            bail!("{flag} needs a value; {USAGE}");
+        };
+        match flag.as_str() {
+            "--listen" => match value.strip_prefix("unix:") {
+                Some(path) => args.endpoint = Endpoint::Unix(PathBuf::from(path)),
+                None => bail!("--listen takes unix:<path>, got {value:?}"),
+            },
+            "--initdata" => args.initdata = Some(PathBuf::from(value)),
+            "--policy-log" => args.policy_log = Some(PathBuf::from(value)),
+            _ => bail!("unknown option {flag:?}; {USAGE}"),
+        }
     }
+    Ok(args)
+}
+
+/// Reads and checks the initdata, and picks the policy it measures (else the default).
+fn load_policy(args: &Args) -> Result<AgentPolicy> {
+    let root = Path::new("/");
+    let initdata = match &args.initdata {
+        Some(image) => Some(initdata::load_device(image)?),
+        None => initdata::load(root)?,
+    };
+    match initdata::verify_at_start(initdata.as_ref(), root, &AttesterPaths::default())? {
+        Binding::NoTee if initdata.is_some() => tracing::warn!(
+            "no TEE: the initdata is used but nothing binds it (a non-confidential pod trusts its host)"
+        ),
+        Binding::NoTee => {}
+        Binding::Bound { field, value_hex } => {
+            tracing::info!(field, value = %value_hex, "initdata matches the TEE evidence")
+        }
+    }
+    let policy = match initdata.as_ref().and_then(|i| i.policy()) {
+        Some(rego) => {
+            AgentPolicy::new(rego, PolicyOrigin::InitData).context("load the initdata policy")?
+        }
+        None => AgentPolicy::default_policy(),
+    };
+    tracing::info!(policy = %policy.origin(), "agent policy loaded");
+    Ok(policy)
 }
 
 fn main() {
@@ -66,12 +122,13 @@ fn main() {
         .without_time()
         .init();
 
-    let result = parse_args().and_then(|endpoint| {
+    let result = parse_args().and_then(|args| {
+        let policy = load_policy(&args)?;
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("start the async runtime")?
-            .block_on(serve(endpoint, pid1, start_uptime_us))
+            .block_on(serve(args, policy, pid1, start_uptime_us))
     });
     match (result, pid1) {
         (Ok(()), true) => {
@@ -91,10 +148,13 @@ fn main() {
     }
 }
 
-async fn serve(endpoint: Endpoint, pid1: bool, start_uptime_us: u64) -> Result<()> {
-    let agent = Agent::new(PathBuf::from("/"), start_uptime_us);
+async fn serve(args: Args, policy: AgentPolicy, pid1: bool, start_uptime_us: u64) -> Result<()> {
+    let agent = Agent::with_policy(PathBuf::from("/"), start_uptime_us, policy);
+    if let Some(log) = &args.policy_log {
+        agent.gate().log_requests_to(log)?;
+    }
     let mut servers = Vec::new();
-    match &endpoint {
+    match &args.endpoint {
         Endpoint::Vsock => {
             let listening = transport::vsock_incoming(AGENT_PORT)
                 .with_context(|| format!("listen on vsock port {AGENT_PORT}"))?;

@@ -1,12 +1,22 @@
 //! The agent API services: `grpc.Health` and `grpc.AgentService`.
+//!
+//! Every handler first asks the [`PolicyGate`]; a request whose handler does not exist yet
+//! (the container lifecycle, the image pull) answers UNIMPLEMENTED only after the policy allowed it,
+//! so the policy's behaviour can be tested today.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use podvm_policy::AgentPolicy;
 use podvm_protocols::agent::{
-    AgentDetails, DestroySandboxRequest, GuestDetailsRequest, GuestDetailsResponse,
+    AgentDetails, CloseStdinRequest, CopyFileRequest, CreateContainerRequest, CreateSandboxRequest,
+    DestroySandboxRequest, ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse,
+    PullImageRequest, PullImageResponse, ReadStreamRequest, ReadStreamResponse,
+    RemoveContainerRequest, SetPolicyRequest, SignalProcessRequest, StartContainerRequest,
+    StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest, WaitProcessRequest,
+    WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
 };
 use podvm_protocols::health::{
     CheckRequest, HealthCheckResponse, VersionCheckResponse, health_check_response::ServingStatus,
@@ -17,6 +27,7 @@ use tokio::sync::watch;
 use ttrpc::r#async::{Service, TtrpcContext};
 
 use crate::guest_info;
+use crate::policy_gate::PolicyGate;
 
 /// Why the agent stops serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,17 +45,30 @@ pub struct Agent {
     start_uptime_us: u64,
     ready_uptime_us: std::sync::atomic::AtomicU64,
     shutdown: watch::Sender<Shutdown>,
+    gate: PolicyGate,
 }
 
 impl Agent {
+    /// An agent enforcing the built-in default policy (no initdata).
     pub fn new(root: PathBuf, start_uptime_us: u64) -> Arc<Self> {
+        Self::with_policy(root, start_uptime_us, AgentPolicy::default_policy())
+    }
+
+    /// An agent enforcing `policy` (the initdata's, once its digest was checked).
+    pub fn with_policy(root: PathBuf, start_uptime_us: u64, policy: AgentPolicy) -> Arc<Self> {
         let (shutdown, _) = watch::channel(Shutdown::No);
         Arc::new(Agent {
             root,
             start_uptime_us,
             ready_uptime_us: Default::default(),
             shutdown,
+            gate: PolicyGate::new(policy),
         })
+    }
+
+    /// The policy gate (tests, the request log).
+    pub fn gate(&self) -> &PolicyGate {
+        &self.gate
     }
 
     /// Records that the agent is ready to serve (its listeners are up).
@@ -96,13 +120,26 @@ fn internal(message: String) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INTERNAL, message))
 }
 
+/// The answer of a call the policy allowed but this agent cannot serve yet.
+fn unimplemented<T>(call: &str, lands_with: &str) -> ttrpc::Result<T> {
+    Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+        ttrpc::Code::UNIMPLEMENTED,
+        format!(
+            "{call} is allowed by the policy but not implemented by this agent yet ({lands_with})"
+        ),
+    )))
+}
+
+const LIFECYCLE: &str = "the container runner lands in a later podvm release";
+
 #[async_trait]
 impl health_ttrpc::Health for Agent {
     async fn check(
         &self,
         _ctx: &TtrpcContext,
-        _req: CheckRequest,
+        req: CheckRequest,
     ) -> ttrpc::Result<HealthCheckResponse> {
+        self.gate.check(&req)?;
         Ok(HealthCheckResponse {
             status: ServingStatus::SERVING.into(),
             ..Default::default()
@@ -112,8 +149,9 @@ impl health_ttrpc::Health for Agent {
     async fn version(
         &self,
         _ctx: &TtrpcContext,
-        _req: CheckRequest,
+        req: CheckRequest,
     ) -> ttrpc::Result<VersionCheckResponse> {
+        self.gate.check(&req)?;
         Ok(VersionCheckResponse {
             grpc_version: format!("ttrpc {}", TTRPC_API_VERSION),
             agent_version: crate::AGENT_VERSION.to_string(),
@@ -130,18 +168,156 @@ impl agent_ttrpc::AgentService for Agent {
     async fn get_guest_details(
         &self,
         _ctx: &TtrpcContext,
-        _req: GuestDetailsRequest,
+        req: GuestDetailsRequest,
     ) -> ttrpc::Result<GuestDetailsResponse> {
+        self.gate.check(&req)?;
         self.guest_details()
     }
 
     async fn destroy_sandbox(
         &self,
         _ctx: &TtrpcContext,
-        _req: DestroySandboxRequest,
+        req: DestroySandboxRequest,
     ) -> ttrpc::Result<Empty> {
+        self.gate.check(&req)?;
         tracing::info!("the host asked to destroy the sandbox: powering off");
         self.shutdown.send_replace(Shutdown::Requested);
         Ok(Empty::new())
+    }
+
+    async fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.gate.check(&req)?;
+        unimplemented("CreateSandbox", LIFECYCLE)
+    }
+
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.gate.check(&req)?;
+        unimplemented("CreateContainer", LIFECYCLE)
+    }
+
+    async fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.gate.check(&req)?;
+        unimplemented("StartContainer", LIFECYCLE)
+    }
+
+    async fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.gate.check(&req)?;
+        unimplemented("RemoveContainer", LIFECYCLE)
+    }
+
+    async fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.gate.check(&req)?;
+        unimplemented("ExecProcess", LIFECYCLE)
+    }
+
+    async fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.gate.check(&req)?;
+        unimplemented("SignalProcess", LIFECYCLE)
+    }
+
+    async fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        self.gate.check(&req)?;
+        unimplemented("WaitProcess", LIFECYCLE)
+    }
+
+    async fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        self.gate.check(&req)?;
+        unimplemented("StatsContainer", LIFECYCLE)
+    }
+
+    async fn write_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: WriteStreamRequest,
+    ) -> ttrpc::Result<WriteStreamResponse> {
+        self.gate.check(&req)?;
+        unimplemented("WriteStdin", LIFECYCLE)
+    }
+
+    async fn read_stdout(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        self.gate.check(&req)?;
+        unimplemented("ReadStdout", LIFECYCLE)
+    }
+
+    async fn read_stderr(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        self.gate.check(&req)?;
+        unimplemented("ReadStderr", LIFECYCLE)
+    }
+
+    async fn close_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CloseStdinRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.gate.check(&req)?;
+        unimplemented("CloseStdin", LIFECYCLE)
+    }
+
+    async fn tty_win_resize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.gate.check(&req)?;
+        unimplemented("TtyWinResize", LIFECYCLE)
+    }
+
+    async fn copy_file(&self, _ctx: &TtrpcContext, req: CopyFileRequest) -> ttrpc::Result<Empty> {
+        self.gate.check(&req)?;
+        unimplemented("CopyFile", LIFECYCLE)
+    }
+
+    async fn set_policy(&self, _ctx: &TtrpcContext, req: SetPolicyRequest) -> ttrpc::Result<Empty> {
+        self.gate.set_policy(&req)?;
+        Ok(Empty::new())
+    }
+
+    async fn pull_image(
+        &self,
+        _ctx: &TtrpcContext,
+        req: PullImageRequest,
+    ) -> ttrpc::Result<PullImageResponse> {
+        self.gate.check(&req)?;
+        unimplemented("PullImage", "the image puller is not wired to the API yet")
     }
 }

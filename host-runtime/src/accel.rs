@@ -81,19 +81,18 @@ pub fn resolve(
         identity(kernel),
         identity(marker_initrd)
     );
-    if let Ok(bytes) = std::fs::read(&record_path) {
-        if let Ok(record) = serde_json::from_slice::<ProbeRecord>(&bytes) {
-            if record.key == key {
-                return (
-                    record.accel,
-                    format!(
-                        "{} (probed earlier, {})",
-                        record.reason,
-                        record_path.display()
-                    ),
-                );
-            }
-        }
+    if let Ok(bytes) = std::fs::read(&record_path)
+        && let Ok(record) = serde_json::from_slice::<ProbeRecord>(&bytes)
+        && record.key == key
+    {
+        return (
+            record.accel,
+            format!(
+                "{} (probed earlier, {})",
+                record.reason,
+                record_path.display()
+            ),
+        );
     }
     if !marker_initrd.is_file() {
         return (

@@ -71,10 +71,10 @@ impl StateDir {
 
 impl Drop for StateDir {
     fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!("could not remove {}: {e}", self.path.display());
-            }
+        if let Err(e) = fs::remove_dir_all(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!("could not remove {}: {e}", self.path.display());
         }
     }
 }
@@ -128,11 +128,23 @@ fn kill_recorded_children(dir: &Path) {
             continue;
         }
         let Some(pid) = read_pid(&path) else { continue };
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+        if command_line(pid).contains(&needle) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
+}
+
+/// The command line of `pid` (empty if it is gone). A process caught in the middle of `execve`
+/// briefly shows an empty command line, so an empty one is read again for up to 100 ms.
+fn command_line(pid: i32) -> String {
+    for _ in 0..20 {
+        match fs::read(format!("/proc/{pid}/cmdline")) {
+            Ok(bytes) if !bytes.is_empty() => return String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Err(_) => break,
+        }
+    }
+    String::new()
 }
 
 #[cfg(test)]
@@ -177,17 +189,31 @@ mod tests {
         let stale = root.path().join("stale");
         fs::create_dir(&stale).unwrap();
         fs::write(stale.join(OWNER_FILE), dead_pid.to_string()).unwrap();
-        // A recorded child still running whose command line names the directory.
-        let mut orphan = std::process::Command::new("sh")
-            .args(["-c", "sleep 30; true", stale.to_str().unwrap()])
+        // A recorded child still running whose command line names the directory (its program
+        // path lies inside it, as QEMU's arguments do).
+        let sleeper = stale.join("sleeper");
+        std::os::unix::fs::symlink("/bin/sleep", &sleeper).unwrap();
+        let mut orphan = std::process::Command::new(&sleeper)
+            .arg("30")
             .spawn()
             .unwrap();
         fs::write(stale.join("qemu.pid"), orphan.id().to_string()).unwrap();
+        let cmdline = command_line(orphan.id() as i32);
 
         assert_eq!(sweep_stale(root.path()), vec!["stale".to_string()]);
         assert!(!stale.exists());
         assert!(live.path().exists());
-        let status = orphan.wait().unwrap();
-        assert!(!status.success(), "the orphan was not killed");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = orphan.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = orphan.kill();
+                panic!("the orphan (cmdline {cmdline:?}) was not killed");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert!(!status.success(), "the orphan exited by itself");
     }
 }

@@ -83,13 +83,13 @@ impl VmConfig {
                 self.memory_mib
             )));
         }
-        if let Some(host_mib) = host_memory_mib() {
-            if u64::from(self.memory_mib) > host_mib {
-                return Err(VmError::InvalidConfig(format!(
-                    "--memory {} MiB is more than this host has ({host_mib} MiB)",
-                    self.memory_mib
-                )));
-            }
+        if let Some(host_mib) = host_memory_mib()
+            && u64::from(self.memory_mib) > host_mib
+        {
+            return Err(VmError::InvalidConfig(format!(
+                "--memory {} MiB is more than this host has ({host_mib} MiB)",
+                self.memory_mib
+            )));
         }
         let format = validate::check_kernel(&self.kernel)?;
         validate::check_initrd(&self.initrd)?;

@@ -183,7 +183,7 @@ impl Firmware {
     pub fn from_bytes(name: impl Into<String>, data: impl Into<Arc<[u8]>>) -> Result<Self> {
         let name = name.into();
         let data: Arc<[u8]> = data.into();
-        if data.is_empty() || data.len() % PAGE_SIZE != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(PAGE_SIZE) {
             return Err(Error::FirmwareSize {
                 name,
                 size: data.len(),

@@ -18,6 +18,11 @@ pub mod health_ttrpc {
 }
 
 #[allow(warnings, clippy::all)] // generated code
+pub mod oci {
+    include!(concat!(env!("OUT_DIR"), "/oci.rs"));
+}
+
+#[allow(warnings, clippy::all)] // generated code
 pub mod agent {
     include!(concat!(env!("OUT_DIR"), "/agent.rs"));
 }

@@ -87,13 +87,11 @@ pub fn recorded_pids(state_dir: &Path) -> Vec<u32> {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "pid")
             && path.file_name().is_some_and(|n| n != "owner.pid")
-        {
-            if let Some(pid) = std::fs::read_to_string(&path)
+            && let Some(pid) = std::fs::read_to_string(&path)
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
-            {
-                pids.push(pid);
-            }
+        {
+            pids.push(pid);
         }
     }
     pids

@@ -11,6 +11,8 @@ use podvm_host_runtime::paths;
 pub enum ImageCommand {
     /// Build the guest kernel (cached by source version and config hash) and the initramfs.
     BuildGuest(BuildGuestArgs),
+    /// Pull an image from an OCI registry, verify, decrypt (ocicrypt) and unpack it.
+    Pull(crate::cli::image_pull::PullArgs),
 }
 
 #[derive(Args)]
@@ -35,8 +37,11 @@ pub struct BuildGuestArgs {
     json: bool,
 }
 
-pub fn run(cmd: ImageCommand) -> Result<()> {
-    let ImageCommand::BuildGuest(args) = cmd;
+pub async fn run(cmd: ImageCommand) -> Result<()> {
+    let args = match cmd {
+        ImageCommand::BuildGuest(args) => args,
+        ImageCommand::Pull(args) => return crate::cli::image_pull::run(args).await,
+    };
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())

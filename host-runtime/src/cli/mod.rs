@@ -2,7 +2,10 @@
 
 mod attest;
 mod image;
+mod image_pull;
+mod kbs;
 mod measure;
+mod policy;
 mod vm;
 
 use std::process::ExitCode;
@@ -41,6 +44,10 @@ enum Command {
     Measure(Box<measure::MeasureArgs>),
     /// Verify attestation evidence (SNP reports, TDX quotes, emulated SNP).
     Attest(attest::AttestArgs),
+    /// Talk to a key broker (KBS protocol 0.4.0): attest and fetch a resource.
+    Kbs(kbs::KbsArgs),
+    /// Agent policies: generate the Rego policy and initdata for a pod.
+    Policy(policy::PolicyArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -98,10 +105,12 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Vm(cmd) => vm::run(cmd).await,
-        Command::Image(cmd) => image::run(cmd),
+        Command::Image(cmd) => image::run(cmd).await,
         Command::Bench(cmd) => vm::bench(cmd).await,
         Command::Demo(args) => vm::demo(args).await,
         Command::Measure(args) => measure::run(*args),
         Command::Attest(args) => attest::run(args),
+        Command::Kbs(args) => kbs::run(args).await,
+        Command::Policy(args) => policy::run(args),
     }
 }

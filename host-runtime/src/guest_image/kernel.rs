@@ -117,14 +117,14 @@ impl KernelBuild {
         let version = self.source_version()?;
         let key = format!("linux-{version}-{}", &config_sha256[..16]);
         let out_dir = self.cache_dir.join("kernel").join(&key);
-        if let Ok(meta) = fs::read(out_dir.join("build.json")) {
-            if let Ok(mut artifacts) = serde_json::from_slice::<KernelArtifacts>(&meta) {
-                if out_dir.join("vmlinux").is_file() && out_dir.join("bzImage").is_file() {
-                    artifacts.dir = out_dir;
-                    artifacts.cached = true;
-                    return Ok(artifacts);
-                }
-            }
+        if let Ok(meta) = fs::read(out_dir.join("build.json"))
+            && let Ok(mut artifacts) = serde_json::from_slice::<KernelArtifacts>(&meta)
+            && out_dir.join("vmlinux").is_file()
+            && out_dir.join("bzImage").is_file()
+        {
+            artifacts.dir = out_dir;
+            artifacts.cached = true;
+            return Ok(artifacts);
         }
 
         let src = self.unpacked_source(&version)?;
