@@ -591,28 +591,49 @@ fn policy_text(b: &[u8]) -> Result<String, ApiError> {
     String::from_utf8(raw).map_err(|_| ApiError::InvalidRequest("policy is not UTF-8".into()))
 }
 
+/// The common part of the admin policy uploads: admin check, body, base64url Rego, compile,
+/// persist atomically. Returns the compiled policy for the caller to install.
+async fn accept_policy_upload(
+    kbs: &Kbs,
+    headers: &HeaderMap,
+    body: Body,
+    kind: &str,
+    file: &str,
+) -> Result<RegoPolicy, ApiError> {
+    admin(kbs, headers)?;
+    let b = read_body(headers, body, kbs.cfg.max_body).await?;
+    let src = policy_text(&b)?;
+    let p = RegoPolicy::new(&format!("{kind}.rego"), &src).map_err(|e| {
+        ApiError::InvalidRequest(format!("{} does not compile: {e}", kind.replace('-', " ")))
+    })?;
+    atomic_write(&kbs.store.file(file), src.as_bytes())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    kbs.metrics.admin_write();
+    Ok(p)
+}
+
 async fn set_resource_policy(
     State(kbs): State<Arc<Kbs>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let r = async {
-        admin(&kbs, &headers)?;
-        let b = read_body(&headers, body, kbs.cfg.max_body).await?;
-        let src = policy_text(&b)?;
-        let p = RegoPolicy::new("resource-policy.rego", &src).map_err(|e| {
-            ApiError::InvalidRequest(format!("resource policy does not compile: {e}"))
-        })?;
-        atomic_write(&kbs.store.file(RESOURCE_POLICY_FILE), src.as_bytes())
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        if let Ok(mut w) = kbs.resource_policy.write() {
-            *w = Arc::new(p);
+    match accept_policy_upload(
+        &kbs,
+        &headers,
+        body,
+        "resource-policy",
+        RESOURCE_POLICY_FILE,
+    )
+    .await
+    {
+        Ok(p) => {
+            if let Ok(mut w) = kbs.resource_policy.write() {
+                *w = Arc::new(p);
+            }
+            StatusCode::OK.into_response()
         }
-        kbs.metrics.admin_write();
-        Ok::<_, ApiError>(StatusCode::OK.into_response())
+        Err(e) => fail(&kbs, "admin", e),
     }
-    .await;
-    r.unwrap_or_else(|e| fail(&kbs, "admin", e))
 }
 
 async fn set_attestation_policy(
@@ -620,25 +641,25 @@ async fn set_attestation_policy(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let r = async {
-        admin(&kbs, &headers)?;
-        let b = read_body(&headers, body, kbs.cfg.max_body).await?;
-        let src = policy_text(&b)?;
-        let p = RegoPolicy::new("attestation-policy.rego", &src).map_err(|e| {
-            ApiError::InvalidRequest(format!("attestation policy does not compile: {e}"))
-        })?;
-        atomic_write(&kbs.store.file(ATTESTATION_POLICY_FILE), src.as_bytes())
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        if let Ok(mut w) = kbs.appraiser.write() {
-            let mut a = (**w).clone();
-            a.attestation_policy = Some(p);
-            *w = Arc::new(a);
+    match accept_policy_upload(
+        &kbs,
+        &headers,
+        body,
+        "attestation-policy",
+        ATTESTATION_POLICY_FILE,
+    )
+    .await
+    {
+        Ok(p) => {
+            if let Ok(mut w) = kbs.appraiser.write() {
+                let mut a = (**w).clone();
+                a.attestation_policy = Some(p);
+                *w = Arc::new(a);
+            }
+            StatusCode::OK.into_response()
         }
-        kbs.metrics.admin_write();
-        Ok::<_, ApiError>(StatusCode::OK.into_response())
+        Err(e) => fail(&kbs, "admin", e),
     }
-    .await;
-    r.unwrap_or_else(|e| fail(&kbs, "admin", e))
 }
 
 /// Body: one podvm reference-value export (`podvm measure --export`); replaces the stored set.
