@@ -12,6 +12,9 @@ pub enum Tee {
     None,
     Snp,
     Tdx,
+    /// SEV-SNP evidence signed by the host's emulated PSP (`podvm.tee=snp-emulated`): the formats
+    /// and the checks of SNP, none of its protection.
+    SnpEmulated,
 }
 
 impl Tee {
@@ -20,6 +23,7 @@ impl Tee {
             Tee::None => "none",
             Tee::Snp => "snp",
             Tee::Tdx => "tdx",
+            Tee::SnpEmulated => "snp-emulated",
         }
     }
 }
@@ -42,9 +46,21 @@ pub fn detect_tee(root: &Path) -> Tee {
         Tee::Snp
     } else if flags.split_whitespace().any(|f| f == "tdx_guest") {
         Tee::Tdx
+    } else if emulated_snp_requested(root) {
+        Tee::SnpEmulated
     } else {
         Tee::None
     }
+}
+
+/// The kernel command line asks for the emulated SNP TEE (`podvm.tee=snp-emulated`). The command
+/// line is part of the launch measurement, so a host that adds or drops it changes the
+/// measurement the KBS checks.
+pub fn emulated_snp_requested(root: &Path) -> bool {
+    fs::read_to_string(root.join("proc/cmdline"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|w| w == "podvm.tee=snp-emulated")
 }
 
 /// `MemTotal` of `/proc/meminfo`, in bytes.

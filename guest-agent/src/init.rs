@@ -1,4 +1,5 @@
-//! PID 1 duties: mount the API filesystems, make the console stdio, reap orphans, power off.
+//! PID 1 duties: make the root pivotable, mount the API filesystems, make the console stdio,
+//! reap orphans, power off.
 
 use std::fs;
 use std::os::unix::io::AsRawFd;
@@ -37,8 +38,50 @@ const API_MOUNTS: &[ApiMount] = &[
     ApiMount { source: "cgroup2", target: "/sys/fs/cgroup", fstype: "cgroup2", flags: NOSUID_NODEV_NOEXEC, data: None },
 ];
 
+/// Where the initramfs root is bind-mounted for a moment by [`stack_root`].
+const STACKED_ROOT: &str = "/.podvm-root";
+
+/// Puts a bind mount of the initramfs root on top of it and enters it (`switch_root`'s dance,
+/// without a copy): `pivot_root(2)` refuses to move a root mount that has no parent, which the
+/// initramfs (`rootfs`) is, so without this no container could pivot into its own root. Done
+/// before anything else is mounted, so below the stacked root there is only what the initramfs
+/// holds (no API filesystem, no `/run`). A root that is not ramfs or tmpfs is left alone.
+fn stack_root() -> Result<()> {
+    use nix::sys::statfs::{TMPFS_MAGIC, statfs};
+    /// `statfs(2)` magic of ramfs (not in nix).
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    let fs_type = statfs("/").context("statfs /")?.filesystem_type();
+    if fs_type.0 as u64 != RAMFS_MAGIC && fs_type != TMPFS_MAGIC {
+        return Ok(());
+    }
+    fs::create_dir_all(STACKED_ROOT).with_context(|| format!("create {STACKED_ROOT}"))?;
+    mount(
+        Some("/"),
+        STACKED_ROOT,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind-mount / on {STACKED_ROOT}"))?;
+    let moved = nix::unistd::chdir(STACKED_ROOT)
+        .and_then(|()| mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>));
+    if let Err(e) = moved {
+        let _ = nix::unistd::chdir("/");
+        let _ = nix::mount::umount(STACKED_ROOT);
+        return Err(e).context("move the bind mount of / over /");
+    }
+    nix::unistd::chroot(".").context("chroot into the stacked root")?;
+    nix::unistd::chdir("/").context("chdir /")?;
+    let _ = fs::remove_dir(STACKED_ROOT);
+    Ok(())
+}
+
 /// Mounts the API filesystems. A filesystem that is already mounted (EBUSY) is fine.
 pub fn mount_api_filesystems() -> Result<()> {
+    // Not fatal: without it everything but containers works, and they say why they cannot.
+    if let Err(e) = stack_root() {
+        eprintln!("podvm-agent: warning: {e:#}; containers cannot pivot_root");
+    }
     for m in API_MOUNTS {
         fs::create_dir_all(m.target).with_context(|| format!("create mount point {}", m.target))?;
         match mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data) {
@@ -47,6 +90,33 @@ pub fn mount_api_filesystems() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where TLS clients (reqwest's platform verifier, via rustls-native-certs) look for CA roots.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Writes Mozilla's root certificates, compiled into the agent (and so measured with the
+/// initramfs), as the guest's CA bundle, unless the guest has one. The guest image has no CA
+/// store of its own; without one every HTTPS client (KBS, registries) fails to start.
+pub fn install_ca_bundle(path: &Path) -> Result<()> {
+    use base64::Engine as _;
+    if path.exists() {
+        return Ok(());
+    }
+    let mut pem = String::new();
+    for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    fs::write(path, pem).with_context(|| format!("write {}", path.display()))
 }
 
 /// Makes `/dev/console` the agent's stdin, stdout and stderr when the kernel did not (it does
@@ -117,6 +187,23 @@ impl AgentParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ca_bundle_is_pem_that_rustls_reads_and_an_existing_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc/ssl/certs/ca-certificates.crt");
+        install_ca_bundle(&path).unwrap();
+        let pem = fs::read(&path).unwrap();
+        use rustls::pki_types::pem::PemObject as _;
+        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(certs.len(), webpki_root_certs::TLS_SERVER_ROOT_CERTS.len());
+        assert!(certs.len() > 100);
+        fs::write(&path, "mine").unwrap();
+        install_ca_bundle(&path).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"mine");
+    }
 
     #[test]
     fn agent_params_come_from_the_kernel_cmdline() {

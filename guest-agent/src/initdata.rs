@@ -11,8 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
+use podvm_attestation::Evidence;
 use podvm_attestation::attester::{self, Attester, AttesterError, AttesterPaths};
-use podvm_attestation::{Evidence, TeeKind};
 use podvm_policy::initdata::{self, InitData};
 
 use crate::guest_info::{self, Tee};
@@ -156,10 +156,15 @@ pub fn verify_at_start(
             });
         }
     };
-    let tee_name = match attester.tee() {
-        TeeKind::Snp => "snp",
-        TeeKind::Tdx => "tdx",
-    };
+    verify_with_attester(initdata, attester.as_ref(), tee.as_str())
+}
+
+/// Fetches evidence from `attester` and compares its HOST_DATA / MRCONFIGID with the initdata.
+pub fn verify_with_attester(
+    initdata: Option<&InitData>,
+    attester: &dyn Attester,
+    tee_name: &'static str,
+) -> Result<Binding, InitDataCheckError> {
     let evidence =
         attester
             .evidence(&[0u8; 64])

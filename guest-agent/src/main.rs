@@ -13,10 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use podvm_attestation::attester::AttesterPaths;
-use podvm_guest_agent::guest_info::uptime_us;
+use podvm_attestation::attester::{self, Attester, AttesterPaths};
+use podvm_guest_agent::egress::Egress;
+use podvm_guest_agent::emulated_tee::{EmulatedSnpAttester, PspEndpoint};
+use podvm_guest_agent::guest_info::{self, uptime_us};
 use podvm_guest_agent::init::{self, AgentParams};
 use podvm_guest_agent::initdata::{self, Binding};
+use podvm_guest_agent::pod_image::{AttesterFactory, ImageSettings, PodImages};
 use podvm_guest_agent::service::Agent;
 use podvm_guest_agent::transport;
 use podvm_policy::{AgentPolicy, PolicyOrigin};
@@ -38,16 +41,25 @@ struct Args {
     /// An initdata device image (instead of the kernel command line's `podvm.initdata`).
     initdata: Option<PathBuf>,
     policy_log: Option<PathBuf>,
+    /// The emulated PSP on a Unix socket (tests), instead of the kernel command line's
+    /// `podvm.tee=snp-emulated` (vsock).
+    emulated_psp: Option<PathBuf>,
+    /// Where pulled images are stored and unpacked.
+    image_dir: PathBuf,
 }
 
-const USAGE: &str =
-    "usage: podvm-agent [--listen unix:<path>] [--initdata <image>] [--policy-log <path>]";
+const USAGE: &str = "usage: podvm-agent [--listen unix:<path>] [--initdata <image>] [--policy-log <path>] [--emulated-psp unix:<path>] [--image-dir <dir>]";
+
+/// Where the agent keeps pulled images in the guest (guest memory).
+const DEFAULT_IMAGE_DIR: &str = "/run/podvm/images";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         endpoint: Endpoint::Vsock,
         initdata: None,
         policy_log: None,
+        emulated_psp: None,
+        image_dir: PathBuf::from(DEFAULT_IMAGE_DIR),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,20 +73,58 @@ fn parse_args() -> Result<Args> {
             },
             "--initdata" => args.initdata = Some(PathBuf::from(value)),
             "--policy-log" => args.policy_log = Some(PathBuf::from(value)),
+            "--emulated-psp" => match value.strip_prefix("unix:") {
+                Some(path) => args.emulated_psp = Some(PathBuf::from(path)),
+                None => bail!("--emulated-psp takes unix:<path>, got {value:?}"),
+            },
+            "--image-dir" => args.image_dir = PathBuf::from(value),
             _ => bail!("unknown option {flag:?}; {USAGE}"),
         }
     }
     Ok(args)
 }
 
+/// How this guest attests: the emulated PSP (`podvm.tee=snp-emulated` or `--emulated-psp`), the
+/// hardware TEE's attester, or none.
+fn attester_factory(args: &Args, root: &Path) -> AttesterFactory {
+    if let Some(path) = &args.emulated_psp {
+        let endpoint = PspEndpoint::Unix(path.clone());
+        return Arc::new(move || {
+            Some(Box::new(EmulatedSnpAttester {
+                endpoint: endpoint.clone(),
+            }) as Box<dyn Attester>)
+        });
+    }
+    if guest_info::emulated_snp_requested(root) {
+        return Arc::new(|| Some(Box::new(EmulatedSnpAttester::default()) as Box<dyn Attester>));
+    }
+    Arc::new(|| attester::attester(&AttesterPaths::default()).ok())
+}
+
+/// What the agent starts with: the policy the initdata measures (else the default), the
+/// initdata itself and how the guest attests.
+struct Startup {
+    policy: AgentPolicy,
+    initdata: Option<podvm_policy::InitData>,
+    attester: AttesterFactory,
+}
+
 /// Reads and checks the initdata, and picks the policy it measures (else the default).
-fn load_policy(args: &Args) -> Result<AgentPolicy> {
+fn load_policy(args: &Args) -> Result<Startup> {
     let root = Path::new("/");
     let initdata = match &args.initdata {
         Some(image) => Some(initdata::load_device(image)?),
         None => initdata::load(root)?,
     };
-    match initdata::verify_at_start(initdata.as_ref(), root, &AttesterPaths::default())? {
+    let attester = attester_factory(args, root);
+    let emulated = args.emulated_psp.is_some() || guest_info::emulated_snp_requested(root);
+    let binding = if emulated {
+        let a = attester().context("the emulated SNP attester")?;
+        initdata::verify_with_attester(initdata.as_ref(), a.as_ref(), "snp-emulated")?
+    } else {
+        initdata::verify_at_start(initdata.as_ref(), root, &AttesterPaths::default())?
+    };
+    match binding {
         Binding::NoTee if initdata.is_some() => tracing::warn!(
             "no TEE: the initdata is used but nothing binds it (a non-confidential pod trusts its host)"
         ),
@@ -90,10 +140,19 @@ fn load_policy(args: &Args) -> Result<AgentPolicy> {
         None => AgentPolicy::default_policy(),
     };
     tracing::info!(policy = %policy.origin(), "agent policy loaded");
-    Ok(policy)
+    Ok(Startup {
+        policy,
+        initdata,
+        attester,
+    })
 }
 
 fn main() {
+    // `podvm-agent __container-init ...`: the agent re-executed as a container helper. First, so
+    // that the helper stays single-threaded and logs nothing (its stdio is the container's).
+    if let Some(code) = podvm_guest_agent::container::main_if_helper() {
+        std::process::exit(code);
+    }
     let start_uptime_us = uptime_us();
     let pid1 = std::process::id() == 1;
     if pid1 {
@@ -103,6 +162,9 @@ fn main() {
         if let Err(e) = mounted {
             eprintln!("podvm-agent: fatal: {e:#}; powering off");
             init::power_off();
+        }
+        if let Err(e) = init::install_ca_bundle(Path::new(init::CA_BUNDLE)) {
+            eprintln!("podvm-agent: warning: {e:#}; HTTPS to the KBS and registries will fail");
         }
         std::panic::set_hook(Box::new(|info| {
             eprintln!("podvm-agent: fatal: {info}; powering off");
@@ -123,12 +185,12 @@ fn main() {
         .init();
 
     let result = parse_args().and_then(|args| {
-        let policy = load_policy(&args)?;
+        let startup = load_policy(&args)?;
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("start the async runtime")?
-            .block_on(serve(args, policy, pid1, start_uptime_us))
+            .block_on(serve(args, startup, pid1, start_uptime_us))
     });
     match (result, pid1) {
         (Ok(()), true) => {
@@ -148,8 +210,19 @@ fn main() {
     }
 }
 
-async fn serve(args: Args, policy: AgentPolicy, pid1: bool, start_uptime_us: u64) -> Result<()> {
-    let agent = Agent::with_policy(PathBuf::from("/"), start_uptime_us, policy);
+async fn serve(args: Args, startup: Startup, pid1: bool, start_uptime_us: u64) -> Result<()> {
+    let settings = ImageSettings::from_initdata(startup.initdata.as_ref())?;
+    // In a VM the guest reaches the host's loopback services through the vsock egress relay.
+    let egress = matches!(args.endpoint, Endpoint::Vsock).then(|| Arc::new(Egress::default()));
+    let images = PodImages::new(
+        settings,
+        startup.initdata.as_ref(),
+        startup.attester,
+        egress,
+        &args.image_dir,
+    );
+    let agent =
+        Agent::with_policy(PathBuf::from("/"), start_uptime_us, startup.policy).with_images(images);
     if let Some(log) = &args.policy_log {
         agent.gate().log_requests_to(log)?;
     }

@@ -1,8 +1,9 @@
 //! The agent API services: `grpc.Health` and `grpc.AgentService`.
 //!
 //! Every handler first asks the [`PolicyGate`]; a request whose handler does not exist yet
-//! (the container lifecycle, the image pull) answers UNIMPLEMENTED only after the policy allowed it,
-//! so the policy's behaviour can be tested today.
+//! answers UNIMPLEMENTED only after the policy allowed it, so the policy's behaviour can be tested
+//! today. The container and process calls are served by [`Containers`]; their errors are one
+//! line, `<Call> <container>[/<exec>]: <why>`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use podvm_protocols::{agent_ttrpc, health_ttrpc};
 use tokio::sync::watch;
 use ttrpc::r#async::{Service, TtrpcContext};
 
+use crate::container::{ContainerError, Containers, ContainersConfig};
 use crate::guest_info;
 use crate::policy_gate::PolicyGate;
 
@@ -46,6 +48,10 @@ pub struct Agent {
     ready_uptime_us: std::sync::atomic::AtomicU64,
     shutdown: watch::Sender<Shutdown>,
     gate: PolicyGate,
+    /// The pod's image pulls (set once at start, see [`Agent::with_images`]).
+    images: std::sync::OnceLock<Arc<crate::pod_image::PodImages>>,
+    /// The pod's containers.
+    containers: Containers,
 }
 
 impl Agent {
@@ -56,6 +62,22 @@ impl Agent {
 
     /// An agent enforcing `policy` (the initdata's, once its digest was checked).
     pub fn with_policy(root: PathBuf, start_uptime_us: u64, policy: AgentPolicy) -> Arc<Self> {
+        Self::with_containers(
+            root,
+            start_uptime_us,
+            policy,
+            Containers::new(ContainersConfig::default()),
+        )
+    }
+
+    /// An agent enforcing `policy` whose containers are `containers` (tests choose where their
+    /// state goes and which executable is the container helper).
+    pub fn with_containers(
+        root: PathBuf,
+        start_uptime_us: u64,
+        policy: AgentPolicy,
+        containers: Containers,
+    ) -> Arc<Self> {
         let (shutdown, _) = watch::channel(Shutdown::No);
         Arc::new(Agent {
             root,
@@ -63,7 +85,27 @@ impl Agent {
             ready_uptime_us: Default::default(),
             shutdown,
             gate: PolicyGate::new(policy),
+            images: std::sync::OnceLock::new(),
+            containers,
         })
+    }
+
+    /// The pod's containers.
+    pub fn containers(&self) -> &Containers {
+        &self.containers
+    }
+
+    /// Serves `PullImage` with `images` (the pod's KBS and registry settings).
+    pub fn with_images(self: Arc<Self>, images: crate::pod_image::PodImages) -> Arc<Self> {
+        let _ = self.images.set(Arc::new(images));
+        self
+    }
+
+    /// Hands a pulled image to the container runner.
+    fn register_pulled_image(&self, container_id: &str, pulled: crate::image::PulledImage) {
+        // The container runner picks the rootfs up by container id.
+        self.containers
+            .register_image(container_id, pulled.rootfs, pulled.config);
     }
 
     /// The policy gate (tests, the request log).
@@ -116,6 +158,22 @@ impl Agent {
     }
 }
 
+/// `reference` pinned to `digest` (`name@sha256:...`), the form policies compare.
+fn pinned_reference(reference: &str, digest: &str) -> String {
+    let name = match reference.split_once('@') {
+        Some((name, _)) => name,
+        None => {
+            // Strip a tag (a ':' after the last '/').
+            let slash = reference.rfind('/').map(|i| i + 1).unwrap_or(0);
+            match reference[slash..].rfind(':') {
+                Some(colon) => &reference[..slash + colon],
+                None => reference,
+            }
+        }
+    };
+    format!("{name}@{digest}")
+}
+
 fn internal(message: String) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INTERNAL, message))
 }
@@ -131,6 +189,27 @@ fn unimplemented<T>(call: &str, lands_with: &str) -> ttrpc::Result<T> {
 }
 
 const LIFECYCLE: &str = "the container runner lands in a later podvm release";
+
+/// `<Call> <container>[/<exec>]: <error>`, with the error's status code.
+fn container_error(
+    call: &str,
+    container_id: &str,
+    exec_id: &str,
+    e: ContainerError,
+) -> ttrpc::Error {
+    let target = if exec_id.is_empty() {
+        container_id.to_string()
+    } else {
+        format!("{container_id}/{exec_id}")
+    };
+    let message = format!("{call} {target}: {e}");
+    if e.code() == ttrpc::Code::INTERNAL {
+        tracing::warn!("{message}");
+    } else {
+        tracing::debug!("{message}");
+    }
+    ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), message))
+}
 
 #[async_trait]
 impl health_ttrpc::Health for Agent {
@@ -200,7 +279,11 @@ impl agent_ttrpc::AgentService for Agent {
         req: CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check(&req)?;
-        unimplemented("CreateContainer", LIFECYCLE)
+        self.containers
+            .create(&req)
+            .await
+            .map_err(|e| container_error("CreateContainer", &req.container_id, "", e))?;
+        Ok(Empty::new())
     }
 
     async fn start_container(
@@ -209,7 +292,11 @@ impl agent_ttrpc::AgentService for Agent {
         req: StartContainerRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check(&req)?;
-        unimplemented("StartContainer", LIFECYCLE)
+        self.containers
+            .start(&req.container_id)
+            .await
+            .map_err(|e| container_error("StartContainer", &req.container_id, "", e))?;
+        Ok(Empty::new())
     }
 
     async fn remove_container(
@@ -218,7 +305,11 @@ impl agent_ttrpc::AgentService for Agent {
         req: RemoveContainerRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check(&req)?;
-        unimplemented("RemoveContainer", LIFECYCLE)
+        self.containers
+            .remove(&req.container_id, req.timeout)
+            .await
+            .map_err(|e| container_error("RemoveContainer", &req.container_id, "", e))?;
+        Ok(Empty::new())
     }
 
     async fn exec_process(
@@ -227,7 +318,11 @@ impl agent_ttrpc::AgentService for Agent {
         req: ExecProcessRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check(&req)?;
-        unimplemented("ExecProcess", LIFECYCLE)
+        self.containers
+            .exec(&req)
+            .await
+            .map_err(|e| container_error("ExecProcess", &req.container_id, &req.exec_id, e))?;
+        Ok(Empty::new())
     }
 
     async fn signal_process(
@@ -236,7 +331,10 @@ impl agent_ttrpc::AgentService for Agent {
         req: SignalProcessRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check(&req)?;
-        unimplemented("SignalProcess", LIFECYCLE)
+        self.containers
+            .signal(&req.container_id, &req.exec_id, req.signal)
+            .map_err(|e| container_error("SignalProcess", &req.container_id, &req.exec_id, e))?;
+        Ok(Empty::new())
     }
 
     async fn wait_process(
@@ -245,7 +343,15 @@ impl agent_ttrpc::AgentService for Agent {
         req: WaitProcessRequest,
     ) -> ttrpc::Result<WaitProcessResponse> {
         self.gate.check(&req)?;
-        unimplemented("WaitProcess", LIFECYCLE)
+        let status = self
+            .containers
+            .wait(&req.container_id, &req.exec_id)
+            .await
+            .map_err(|e| container_error("WaitProcess", &req.container_id, &req.exec_id, e))?;
+        Ok(WaitProcessResponse {
+            status,
+            ..Default::default()
+        })
     }
 
     async fn stats_container(
@@ -263,7 +369,15 @@ impl agent_ttrpc::AgentService for Agent {
         req: WriteStreamRequest,
     ) -> ttrpc::Result<WriteStreamResponse> {
         self.gate.check(&req)?;
-        unimplemented("WriteStdin", LIFECYCLE)
+        let len = self
+            .containers
+            .write_stdin(&req.container_id, &req.exec_id, &req.data)
+            .await
+            .map_err(|e| container_error("WriteStdin", &req.container_id, &req.exec_id, e))?;
+        Ok(WriteStreamResponse {
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            ..Default::default()
+        })
     }
 
     async fn read_stdout(
@@ -272,7 +386,15 @@ impl agent_ttrpc::AgentService for Agent {
         req: ReadStreamRequest,
     ) -> ttrpc::Result<ReadStreamResponse> {
         self.gate.check(&req)?;
-        unimplemented("ReadStdout", LIFECYCLE)
+        let data = self
+            .containers
+            .read_stdout(&req.container_id, &req.exec_id, req.len as usize)
+            .await
+            .map_err(|e| container_error("ReadStdout", &req.container_id, &req.exec_id, e))?;
+        Ok(ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
     }
 
     async fn read_stderr(
@@ -281,7 +403,15 @@ impl agent_ttrpc::AgentService for Agent {
         req: ReadStreamRequest,
     ) -> ttrpc::Result<ReadStreamResponse> {
         self.gate.check(&req)?;
-        unimplemented("ReadStderr", LIFECYCLE)
+        let data = self
+            .containers
+            .read_stderr(&req.container_id, &req.exec_id, req.len as usize)
+            .await
+            .map_err(|e| container_error("ReadStderr", &req.container_id, &req.exec_id, e))?;
+        Ok(ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
     }
 
     async fn close_stdin(
@@ -290,7 +420,11 @@ impl agent_ttrpc::AgentService for Agent {
         req: CloseStdinRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check(&req)?;
-        unimplemented("CloseStdin", LIFECYCLE)
+        self.containers
+            .close_stdin(&req.container_id, &req.exec_id)
+            .await
+            .map_err(|e| container_error("CloseStdin", &req.container_id, &req.exec_id, e))?;
+        Ok(Empty::new())
     }
 
     async fn tty_win_resize(
@@ -318,6 +452,39 @@ impl agent_ttrpc::AgentService for Agent {
         req: PullImageRequest,
     ) -> ttrpc::Result<PullImageResponse> {
         self.gate.check(&req)?;
-        unimplemented("PullImage", "the image puller is not wired to the API yet")
+        let Some(images) = self.images.get() else {
+            return unimplemented("PullImage", "this agent was started without an image store");
+        };
+        let attestation = images.ensure_attested().await.map_err(|e| {
+            ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::PERMISSION_DENIED,
+                format!("PullImage {}: attestation failed: {e}", req.image),
+            ))
+        })?;
+        let started = std::time::Instant::now();
+        let pulled = images
+            .pull(&req.image, &req.container_id)
+            .await
+            .map_err(|e| {
+                ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("PullImage {}: {e}", req.image),
+                ))
+            })?;
+        tracing::info!(
+            image = %req.image,
+            digest = %pulled.manifest_digest.as_str(),
+            ms = started.elapsed().as_millis() as u64,
+            "image pulled, verified and unpacked"
+        );
+        let pull_us = started.elapsed().as_micros() as u64;
+        let image_ref = pinned_reference(&req.image, pulled.manifest_digest.as_str());
+        self.register_pulled_image(&req.container_id, pulled);
+        Ok(PullImageResponse {
+            image_ref,
+            attestation_us: attestation.as_micros() as u64,
+            pull_us,
+            ..Default::default()
+        })
     }
 }

@@ -169,12 +169,13 @@ async fn measured_policy_gates_every_call() {
         "{msg}"
     );
 
-    // The pod's own container passes the policy, then meets the missing container runner.
+    // The pod's own container passes the policy, then reaches the container runner (which finds
+    // no rootfs: no image was pulled here).
     let web: CreateContainerRequest = from_json(&web_request());
     let (code, msg) = failure(api.create_container(ctx(), &web).await);
-    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED, "{msg}");
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
     assert!(
-        msg.contains("CreateContainer is allowed by the policy but not implemented"),
+        msg.starts_with("CreateContainer c0ffee01: rootfs "),
         "{msg}"
     );
 
@@ -269,7 +270,7 @@ async fn default_policy_serves_the_vm_test_and_accepts_a_stricter_policy() {
         ..Default::default()
     };
     let (code, _) = failure(api.exec_process(ctx(), &exec).await);
-    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED);
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
 
     // A policy that does not compile is refused and the old one stays.
     let bad = SetPolicyRequest {

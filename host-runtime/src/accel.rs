@@ -143,6 +143,7 @@ fn probe(
         cmdline: QemuBackend::kernel_cmdline(Machine::Microvm, Accel::Kvm, ""),
         machine: Machine::Microvm,
         accel: Accel::Kvm,
+        initdata_disk: None,
     };
     match qemu.bare_boot(&spec, MARKER, PROBE_TIMEOUT) {
         Ok(Some(t)) => (

@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use podvm_protocols::agent::{DestroySandboxRequest, GuestDetailsRequest, GuestDetailsResponse};
+use podvm_protocols::agent::{
+    CreateContainerRequest, DestroySandboxRequest, GuestDetailsRequest, GuestDetailsResponse,
+    PullImageRequest, PullImageResponse, ReadStreamRequest, RemoveContainerRequest,
+    SignalProcessRequest, StartContainerRequest, WaitProcessRequest,
+};
 use podvm_protocols::agent_ttrpc::AgentServiceClient;
 use podvm_protocols::health::{CheckRequest, health_check_response::ServingStatus};
 use podvm_protocols::health_ttrpc::HealthClient;
@@ -128,4 +132,142 @@ impl AgentClient {
         .await
         .map(drop)
     }
+
+    /// `PullImage`: attest (first time), pull, verify, decrypt and unpack in the guest.
+    pub async fn pull_image(
+        &self,
+        image: &str,
+        container_id: &str,
+        timeout: Duration,
+    ) -> Result<PullImageResponse, AgentError> {
+        let req = PullImageRequest {
+            image: image.to_string(),
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
+        let ctx = context::with_timeout(timeout.as_nanos() as i64);
+        match tokio::time::timeout(timeout, self.agent.pull_image(ctx, &req)).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(AgentError::Call {
+                call: "PullImage",
+                message: one_line(e),
+            }),
+            Err(_) => Err(AgentError::Timeout {
+                call: "PullImage",
+                timeout,
+            }),
+        }
+    }
+
+    pub async fn create_container(&self, req: &CreateContainerRequest) -> Result<(), AgentError> {
+        self.call(
+            "CreateContainer",
+            self.agent.create_container(self.ctx(), req),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn start_container(&self, container_id: &str) -> Result<(), AgentError> {
+        let req = StartContainerRequest {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
+        self.call(
+            "StartContainer",
+            self.agent.start_container(self.ctx(), &req),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Reads up to `len` bytes of a process's stdout (`stderr = false`) or stderr. `Ok(None)`:
+    /// the stream ended.
+    pub async fn read_stream(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        stderr: bool,
+        len: u32,
+    ) -> Result<Option<Vec<u8>>, AgentError> {
+        let req = ReadStreamRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            len,
+            ..Default::default()
+        };
+        // Output may take any time to come: no deadline on the call itself.
+        let ctx = context::with_timeout(0);
+        let reply = if stderr {
+            self.agent.read_stderr(ctx, &req).await
+        } else {
+            self.agent.read_stdout(ctx, &req).await
+        };
+        match reply {
+            Ok(r) if r.data.is_empty() => Ok(None),
+            Ok(r) => Ok(Some(r.data)),
+            Err(ttrpc::Error::RpcStatus(s)) if is_eof(s.message()) => Ok(None),
+            Err(e) => Err(AgentError::Call {
+                call: if stderr { "ReadStderr" } else { "ReadStdout" },
+                message: one_line(e),
+            }),
+        }
+    }
+
+    /// Waits for a process and returns its exit status (128+n for a signal).
+    pub async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<i32, AgentError> {
+        let req = WaitProcessRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        match self
+            .agent
+            .wait_process(context::with_timeout(0), &req)
+            .await
+        {
+            Ok(r) => Ok(r.status),
+            Err(e) => Err(AgentError::Call {
+                call: "WaitProcess",
+                message: one_line(e),
+            }),
+        }
+    }
+
+    pub async fn signal_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        signal: u32,
+    ) -> Result<(), AgentError> {
+        let req = SignalProcessRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            signal,
+            ..Default::default()
+        };
+        self.call("SignalProcess", self.agent.signal_process(self.ctx(), &req))
+            .await
+            .map(drop)
+    }
+
+    pub async fn remove_container(&self, container_id: &str) -> Result<(), AgentError> {
+        let req = RemoveContainerRequest {
+            container_id: container_id.to_string(),
+            timeout: 5,
+            ..Default::default()
+        };
+        self.call(
+            "RemoveContainer",
+            self.agent.remove_container(self.ctx(), &req),
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// The agent reports the end of a stream as an error whose message says EOF.
+fn is_eof(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("eof") || m.contains("end of stream") || m.contains("closed")
 }

@@ -9,10 +9,15 @@ pub mod accel;
 pub mod agent_client;
 pub mod bench;
 pub mod guest_image;
+pub mod guest_services;
 pub mod hypervisor;
+pub mod launch;
 pub mod paths;
+pub mod pod;
 pub mod process;
+pub mod sample_image;
 pub mod state;
+pub mod testbed;
 pub mod vm;
 pub mod vsock;
 

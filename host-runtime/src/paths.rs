@@ -30,6 +30,13 @@ pub fn log_dir() -> PathBuf {
     env_or("PODVM_LOG_DIR", "/var/log/podvm")
 }
 
+/// The emulated SEV-SNP PSP's keys and certificate chain (`--tee snp-emulated`):
+/// `PODVM_EMULATED_PSP_DIR`, default `/var/lib/podvm/emulated-psp`. A KBS that should accept
+/// emulated evidence trusts its `ark.pem`.
+pub fn emulated_psp_dir() -> PathBuf {
+    env_or("PODVM_EMULATED_PSP_DIR", "/var/lib/podvm/emulated-psp")
+}
+
 /// Finds an executable: the path in `var` if set, else `name` on `PATH`, else in `fallbacks`.
 pub fn find_executable(var: &str, name: &str, fallbacks: &[PathBuf]) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;

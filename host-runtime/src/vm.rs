@@ -11,12 +11,17 @@ use crate::accel::{self, AccelChoice};
 use crate::agent_client::AgentClient;
 use crate::guest_image::GuestImage;
 use crate::guest_image::validate::{self, KernelFormat};
+use crate::guest_services::{EmulatedPspService, GuestServices, GuestServicesConfig};
 use crate::hypervisor::qemu::QemuBackend;
 use crate::hypervisor::{
     Accel, CONSOLE_LOG, Hypervisor, LaunchedVm, Machine, VSOCK_SOCKET, VmSpec,
 };
+use crate::launch::{self, TeeLaunch};
 use crate::state::StateDir;
 use crate::vsock::HybridVsock;
+use podvm_attestation::emulated::{EmulatedPsp, ReportRequest};
+use podvm_measured_boot::refvals::ReferenceValues;
+use podvm_policy::InitData;
 use podvm_protocols::AGENT_PORT;
 
 /// vCPUs the guest kernel supports (CONFIG_NR_CPUS of guest/kernel/config-6.12).
@@ -46,6 +51,12 @@ pub struct VmConfig {
     pub state_root: PathBuf,
     pub log_dir: PathBuf,
     pub cache_dir: PathBuf,
+    /// The TEE and what its launch needs.
+    pub tee: TeeLaunch,
+    /// The pod's initdata, attached as a read-only disk and bound into the launch (HOST_DATA).
+    pub initdata: Option<InitData>,
+    /// `host:port` TCP addresses the guest may reach through the egress relay (KBS, registries).
+    pub egress: Vec<String>,
 }
 
 impl VmConfig {
@@ -66,6 +77,9 @@ impl VmConfig {
             state_root: crate::paths::state_root(),
             log_dir: crate::paths::log_dir(),
             cache_dir: crate::paths::cache_dir(),
+            tee: TeeLaunch::None,
+            initdata: None,
+            egress: Vec::new(),
         }
     }
 
@@ -147,13 +161,31 @@ pub struct StopReport {
 pub struct Vm {
     // Field order is drop order: processes die before their state directory goes.
     launched: LaunchedVm,
+    _services: GuestServices,
     state: StateDir,
     agent: AgentClient,
+    reference_values: Option<ReferenceValues>,
     accel: Accel,
     accel_reason: String,
     spec: VmSpec,
     timings: BootTimings,
     shutdown_timeout: Duration,
+}
+
+/// The initdata disk image's name in the state directory.
+const INITDATA_DISK: &str = "initdata.img";
+
+/// Everything decided about a launch before anything starts ([`Vm::plan`]).
+#[derive(Debug, Clone)]
+pub struct LaunchPlan {
+    pub spec: VmSpec,
+    pub accel_reason: String,
+    /// The initdata digest bound into the launch (zero without initdata).
+    pub host_data: [u8; 32],
+    /// The launch measurement a TEE will report.
+    pub measurement: Option<[u8; 48]>,
+    /// The same, with its inputs, as `podvm measure --export` writes it.
+    pub reference_values: Option<ReferenceValues>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -168,8 +200,9 @@ pub fn new_vm_id() -> String {
 }
 
 impl Vm {
-    /// Validates `config`, launches the VM with `hypervisor` and waits for its agent.
-    pub async fn start(config: &VmConfig, hypervisor: &QemuBackend) -> Result<Vm, VmError> {
+    /// Decides everything about a launch without starting anything: accelerator, kernel command
+    /// line, and (for a TEE) the launch measurement and its reference values.
+    pub fn plan(config: &VmConfig, hypervisor: &QemuBackend) -> Result<LaunchPlan, VmError> {
         let kernel_format = config.validate()?;
         let (accel, accel_reason) = accel::resolve(
             config.accel,
@@ -180,17 +213,61 @@ impl Vm {
             &config.cache_dir,
         );
         tracing::info!(accel = accel.as_str(), reason = %accel_reason, "accelerator");
+        let mut extra = launch::cmdline_words(config.tee.mode(), config.initdata.is_some());
+        if !config.extra_cmdline.trim().is_empty() {
+            extra.push(config.extra_cmdline.trim().to_string());
+        }
         let spec = VmSpec {
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
             kernel: config.kernel.clone(),
             kernel_format,
             initrd: config.initrd.clone(),
-            cmdline: QemuBackend::kernel_cmdline(config.machine, accel, &config.extra_cmdline),
+            cmdline: QemuBackend::kernel_cmdline(config.machine, accel, &extra.join(" ")),
             machine: config.machine,
             accel,
+            initdata_disk: None,
         };
+        let host_data = config
+            .initdata
+            .as_ref()
+            .map(|i| i.host_data())
+            .unwrap_or([0; 32]);
+        let reference = match &config.tee {
+            TeeLaunch::None => None,
+            TeeLaunch::SnpEmulated { firmware, .. } => {
+                Some(launch::emulated_snp_reference(&spec, firmware, host_data)?)
+            }
+        };
+        Ok(LaunchPlan {
+            spec,
+            accel_reason,
+            host_data,
+            measurement: reference.as_ref().map(|(m, _)| m.0),
+            reference_values: reference.map(|(_, r)| r),
+        })
+    }
 
+    /// Validates `config`, launches the VM with `hypervisor` and waits for its agent.
+    pub async fn start(config: &VmConfig, hypervisor: &QemuBackend) -> Result<Vm, VmError> {
+        let plan = Self::plan(config, hypervisor)?;
+        Self::start_planned(config, plan, hypervisor).await
+    }
+
+    /// Launches a [`LaunchPlan`] made by [`Vm::plan`] for the same `config`.
+    pub async fn start_planned(
+        config: &VmConfig,
+        plan: LaunchPlan,
+        hypervisor: &QemuBackend,
+    ) -> Result<Vm, VmError> {
+        let LaunchPlan {
+            mut spec,
+            accel_reason,
+            host_data,
+            measurement,
+            reference_values,
+        } = plan;
+        let accel = spec.accel;
         let started = Instant::now();
         let id = config.id.clone().unwrap_or_else(new_vm_id);
         let state = StateDir::create(&config.state_root, &id).map_err(|e| {
@@ -199,8 +276,46 @@ impl Vm {
                 config.state_root.display()
             ))
         })?;
+        if let Some(initdata) = &config.initdata {
+            let disk = state.file(INITDATA_DISK);
+            std::fs::write(&disk, initdata.to_device_image()).map_err(|e| {
+                VmError::State(format!(
+                    "cannot write the initdata disk {}: {e}",
+                    disk.display()
+                ))
+            })?;
+            spec.initdata_disk = Some(disk);
+        }
         // The agent dials the host as soon as it is ready: listen before the VM exists.
-        let listener = HybridVsock::new(state.file(VSOCK_SOCKET)).listen(AGENT_PORT)?;
+        let vsock = HybridVsock::new(state.file(VSOCK_SOCKET));
+        let listener = vsock.listen(AGENT_PORT)?;
+        let emulated_psp = match (&config.tee, measurement) {
+            (TeeLaunch::SnpEmulated { psp_dir, .. }, Some(measurement)) => {
+                let psp = EmulatedPsp::open_or_create(psp_dir).map_err(|e| {
+                    VmError::InvalidConfig(format!(
+                        "the emulated PSP in {} is unusable: {e}",
+                        psp_dir.display()
+                    ))
+                })?;
+                Some(EmulatedPspService {
+                    psp: std::sync::Arc::new(psp),
+                    template: ReportRequest {
+                        measurement,
+                        host_data,
+                        policy: launch::EMULATED_POLICY,
+                        ..Default::default()
+                    },
+                })
+            }
+            _ => None,
+        };
+        let services = GuestServices::start(
+            &GuestServicesConfig {
+                emulated_psp,
+                egress: config.egress.clone(),
+            },
+            &vsock,
+        )?;
         let mut launched = hypervisor.launch(&spec, &state)?;
         let mut timings = BootTimings {
             helpers_ready_ms: ms(launched.helpers_ready),
@@ -245,6 +360,8 @@ impl Vm {
         );
         Ok(Vm {
             launched,
+            _services: services,
+            reference_values,
             state,
             agent,
             accel,
@@ -257,6 +374,19 @@ impl Vm {
 
     pub fn id(&self) -> &str {
         self.state.id()
+    }
+    /// Copies the guest console into the log directory (before a stop removes the state
+    /// directory) and returns where it went.
+    pub fn keep_console(&self, log_dir: &Path) -> Option<PathBuf> {
+        let kept = log_dir.join(format!("{}.console.log", self.id()));
+        std::fs::create_dir_all(log_dir).ok()?;
+        std::fs::copy(self.state.file(CONSOLE_LOG), &kept).ok()?;
+        Some(kept)
+    }
+
+    /// The reference values of this launch (a TEE launch only): what `podvm measure` prints.
+    pub fn reference_values(&self) -> Option<&ReferenceValues> {
+        self.reference_values.as_ref()
     }
     pub fn agent(&self) -> &AgentClient {
         &self.agent

@@ -4,11 +4,12 @@
 //! `{"resource-path": "<repo>/<type>/<tag>"}`).
 
 use podvm_attestation::kbs_client::protocol::{
-    Attestation, HOST_DATA_LEN, MRCONFIGID_LEN, REPORT_DATA_LEN, Tee, b64_std, init_data_algorithm,
-    init_data_field, report_data_digest,
+    Attestation, HOST_DATA_LEN, LAUNCH_HINT_KEY, MRCONFIGID_LEN, REPORT_DATA_LEN, Tee, b64_std,
+    init_data_algorithm, init_data_field, report_data_digest,
 };
 use podvm_attestation::snp::TcbVersion;
 use podvm_attestation::{Evidence, Expectations, TeeKind, TrustAnchors, verify};
+use podvm_measured_boot::explain::{LaunchHint, explain_snp_mismatch};
 use podvm_measured_boot::refvals::ReferenceValues;
 use serde_json::{Value, json};
 
@@ -137,6 +138,25 @@ fn check_reference(field: &str, accepted: &[String], got: &str) -> Result<(), Ap
     )))
 }
 
+/// For an SNP measurement mismatch: if the guest sent a launch hint and re-measuring a reference
+/// with it reproduces the signed measurement, the error names the differing input.
+fn explain_snp(refs: &[ReferenceValues], att: &Attestation, measured: &str) -> Option<ApiError> {
+    let hint = att
+        .tee_evidence
+        .primary_evidence
+        .get(LAUNCH_HINT_KEY)
+        .and_then(|v| serde_json::from_value::<LaunchHint>(v.clone()).ok())?;
+    refs.iter()
+        .filter(|r| r.measurements.snp_launch_measurement.is_some())
+        .find_map(|r| explain_snp_mismatch(r, &hint, measured))
+        .map(|why| {
+            ApiError::Measurement(format!(
+                "measurement mismatch (snp_launch_measurement {}…): {why}",
+                &measured[..measured.len().min(16)]
+            ))
+        })
+}
+
 impl Appraiser {
     /// Appraise one `/attest` request for a session of TEE `tee`; returns the claims.
     pub fn appraise(&self, tee: Tee, att: &Attestation) -> Result<Value, ApiError> {
@@ -209,11 +229,13 @@ impl Appraiser {
         // Reference values (the measured-boot export).
         let refs = &self.reference_values;
         match kind {
-            TeeKind::Snp => check_reference(
-                "snp_launch_measurement",
-                &accepted(refs, |r| r.measurements.snp_launch_measurement.as_ref()),
-                &claims.measurement,
-            )?,
+            TeeKind::Snp => {
+                let acc = accepted(refs, |r| r.measurements.snp_launch_measurement.as_ref());
+                if let Err(e) = check_reference("snp_launch_measurement", &acc, &claims.measurement)
+                {
+                    return Err(explain_snp(refs, att, &claims.measurement).unwrap_or(e));
+                }
+            }
             TeeKind::Tdx => {
                 check_reference(
                     "mr_td",

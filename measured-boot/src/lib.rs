@@ -24,7 +24,9 @@
 //! # Ok::<(), podvm_measured_boot::Error>(())
 //! ```
 
+pub mod emulated_firmware;
 pub mod error;
+pub mod explain;
 pub mod guid;
 pub mod idblock;
 pub mod ovmf;

@@ -96,3 +96,12 @@ pub fn recorded_pids(state_dir: &Path) -> Vec<u32> {
     }
     pids
 }
+
+/// The emulated SEV-SNP PSP the tests share (its RSA-4096 ARK/ASK take a while to generate, so
+/// it is made once per machine and reused; creation is race-safe).
+pub fn emulated_psp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join("podvm-e2e-emulated-psp");
+    podvm_attestation::emulated::EmulatedPsp::open_or_create(&dir)
+        .unwrap_or_else(|e| panic!("the emulated PSP in {}: {e}", dir.display()));
+    dir
+}

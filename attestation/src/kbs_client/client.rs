@@ -95,7 +95,8 @@ fn build_http(cfg: &KbsClientConfig) -> Result<reqwest::Client, KbsError> {
             .with_no_client_auth();
         b = b.tls_backend_preconfigured(tls);
     } else {
-        // Platform roots through reqwest's verifier, with ring as the process provider.
+        // Platform roots through reqwest's verifier, with ring as the process provider. (In a
+        // guest the agent provides them: see podvm-guest-agent's `init::install_ca_bundle`.)
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
     b.build()

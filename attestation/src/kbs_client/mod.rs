@@ -19,7 +19,9 @@ mod client;
 pub use client::{KbsClient, KbsClientConfig};
 pub use jwe::{FlattenedJwe, TeeKey, TeeKeyAlg};
 pub use protocol::{ErrorBody, ResourceUri};
-pub use source::{AttesterSource, EmulatedSnpAttester, EvidenceSource, SampleEvidence};
+pub use source::{
+    AttesterSource, EmulatedSnpAttester, EvidenceSource, SampleEvidence, WithLaunchHint,
+};
 
 /// KBS client / protocol errors: one line each, never containing secret material.
 #[derive(Debug, thiserror::Error)]

@@ -30,6 +30,12 @@ pub const HOST_DATA_LEN: usize = 32;
 /// TDX MRCONFIGID size.
 pub const MRCONFIGID_LEN: usize = 48;
 
+/// podvm's key in an SNP/TDX `primary_evidence` object for what the guest reports about its own
+/// launch (`{"cmdline": "...", "vcpus": N}`). Unauthenticated and ignored by trustee; podvm's KBS
+/// uses it only to name the differing input once re-measuring the reference with it reproduces
+/// the signed measurement.
+pub const LAUNCH_HINT_KEY: &str = "podvm_launch_hint";
+
 /// RFC 7807 error body as trustee sends it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {

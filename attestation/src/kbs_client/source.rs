@@ -77,6 +77,32 @@ impl Attester for EmulatedSnpAttester {
     }
 }
 
+/// Adds what the guest sees of its own launch ([`super::protocol::LAUNCH_HINT_KEY`]: kernel
+/// command line, vCPU count) to another source's SNP/TDX evidence, so that podvm's KBS can name
+/// the input that differs when the measurement does not match. Not bound to REPORT_DATA: it is
+/// believed only when re-measuring reproduces the signed measurement.
+pub struct WithLaunchHint {
+    pub inner: Box<dyn EvidenceSource>,
+    /// `{"cmdline": "...", "vcpus": N}`.
+    pub hint: Value,
+}
+
+impl EvidenceSource for WithLaunchHint {
+    fn tee(&self) -> Tee {
+        self.inner.tee()
+    }
+    fn primary_evidence(&self, report_data: &[u8]) -> Result<Value, KbsError> {
+        let mut evidence = self.inner.primary_evidence(report_data)?;
+        if let Value::Object(map) = &mut evidence {
+            map.insert(
+                super::protocol::LAUNCH_HINT_KEY.to_string(),
+                self.hint.clone(),
+            );
+        }
+        Ok(evidence)
+    }
+}
+
 /// CoCo's `sample` TEE evidence: `{"svn": "<svn>", "report_data": "<base64 of the digest>"}`.
 /// Unsigned: a KBS accepts it only when explicitly configured to.
 #[derive(Debug, Clone)]

@@ -270,6 +270,33 @@ impl ImagePuller {
         self.inner.store.join("blobs/sha256").join(digest.hex())
     }
 
+    /// Resolves `reference` to `name@<manifest digest>` (for linux/amd64 of an index), the form
+    /// a pod policy pins, without downloading layers.
+    pub async fn resolve(&self, reference: &str) -> Result<String> {
+        let image: Reference = reference.parse().map_err(|e: oci_client::ParseError| {
+            ImageError::InvalidReference {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        let auth = self.inner.auth(&image).await?;
+        let (digest, _) = self.inner.resolve_manifest(&image, &auth).await?;
+        let name = match image.digest() {
+            Some(_) => reference
+                .rsplit_once('@')
+                .map(|(n, _)| n)
+                .unwrap_or(reference),
+            None => {
+                let slash = reference.rfind('/').map(|i| i + 1).unwrap_or(0);
+                match reference[slash..].rfind(':') {
+                    Some(colon) => &reference[..slash + colon],
+                    None => reference,
+                }
+            }
+        };
+        Ok(format!("{name}@{}", digest.as_str()))
+    }
+
     /// Pull `reference` and unpack it, flattened, into `dest` (which must not exist or be an
     /// empty directory). On error nothing is left at `dest`.
     pub async fn pull(&self, reference: &str, dest: &Path) -> Result<PulledImage> {

@@ -1,10 +1,12 @@
 //! The `podvm` command line (clap derive; errors are one line via anyhow).
 
 mod attest;
+mod demo;
 mod image;
 mod image_pull;
 mod kbs;
 mod measure;
+mod pod;
 mod policy;
 mod vm;
 
@@ -38,7 +40,8 @@ enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(vm::BenchCommand),
-    /// Boot a pod VM, show that its agent answers, and shut it down.
+    /// The confidential pod end to end: encrypted image, KBS, emulated SNP, policy; then a
+    /// tampered launch refused.
     Demo(vm::VmArgs),
     /// Launch measurements (SEV-SNP, SEV, SEV-ES, TDX) and reference values.
     Measure(Box<measure::MeasureArgs>),
@@ -48,6 +51,9 @@ enum Command {
     Kbs(kbs::KbsArgs),
     /// Agent policies: generate the Rego policy and initdata for a pod.
     Policy(policy::PolicyArgs),
+    /// Confidential pods: run one end to end.
+    #[command(subcommand)]
+    Pod(pod::PodCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -107,10 +113,11 @@ async fn run(command: Command) -> Result<()> {
         Command::Vm(cmd) => vm::run(cmd).await,
         Command::Image(cmd) => image::run(cmd).await,
         Command::Bench(cmd) => vm::bench(cmd).await,
-        Command::Demo(args) => vm::demo(args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Measure(args) => measure::run(*args),
         Command::Attest(args) => attest::run(args),
         Command::Kbs(args) => kbs::run(args).await,
         Command::Policy(args) => policy::run(args),
+        Command::Pod(cmd) => pod::run(cmd).await,
     }
 }

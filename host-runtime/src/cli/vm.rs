@@ -19,35 +19,35 @@ use serde_json::json;
 pub struct VmArgs {
     /// vCPUs.
     #[arg(long, default_value_t = 1)]
-    vcpus: u32,
+    pub(crate) vcpus: u32,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512)]
-    memory: u32,
+    pub(crate) memory: u32,
     /// Guest kernel (default: the installed guest image's vmlinux).
     #[arg(long)]
-    kernel: Option<PathBuf>,
+    pub(crate) kernel: Option<PathBuf>,
     /// Initramfs with the agent as /init (default: the installed guest image's).
     #[arg(long)]
-    initrd: Option<PathBuf>,
+    pub(crate) initrd: Option<PathBuf>,
     /// The installed guest image.
     #[arg(long, env = "PODVM_GUEST_DIR", default_value_os_t = paths::guest_dir())]
-    guest_dir: PathBuf,
+    pub guest_dir: PathBuf,
     /// Machine model.
     #[arg(long, value_enum, default_value_t = Machine::Microvm)]
-    machine: Machine,
+    pub(crate) machine: Machine,
     /// CPU accelerator: auto uses KVM only where it was proven to boot a guest.
     #[arg(long, value_enum, env = "PODVM_ACCEL", default_value_t = AccelChoice::Auto)]
-    accel: AccelChoice,
+    pub(crate) accel: AccelChoice,
     /// Seconds the agent may take to become ready.
     #[arg(long, default_value_t = 60)]
-    boot_timeout: u64,
+    pub(crate) boot_timeout: u64,
     /// Extra kernel command-line parameters (e.g. podvm.log=debug).
     #[arg(long, default_value = "")]
-    cmdline: String,
+    pub(crate) cmdline: String,
 }
 
 impl VmArgs {
-    fn config(&self) -> VmConfig {
+    pub fn config(&self) -> VmConfig {
         let image = GuestImage::new(&self.guest_dir);
         let mut config = VmConfig::with_guest_image(&image);
         config.vcpus = self.vcpus;
@@ -96,10 +96,6 @@ pub enum BenchCommand {
 pub async fn run(cmd: VmCommand) -> Result<()> {
     let VmCommand::Run { vm, json } = cmd;
     run_vm(&vm, json, false).await
-}
-
-pub async fn demo(vm: VmArgs) -> Result<()> {
-    run_vm(&vm, false, true).await
 }
 
 async fn run_vm(args: &VmArgs, json: bool, narrate: bool) -> Result<()> {

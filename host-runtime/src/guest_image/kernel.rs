@@ -26,6 +26,7 @@ pub const REQUIRED_OPTIONS: &[&str] = &[
     "VIRTIO_BLK",
     "VIRTIO_NET",
     "OVERLAY_FS",
+    "TMPFS_XATTR", // overlay upper dirs on tmpfs need xattrs (opaque dirs, whiteouts)
     "EROFS_FS",
     "BLK_DEV_DM",
     "DM_VERITY",

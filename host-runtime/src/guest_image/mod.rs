@@ -22,6 +22,9 @@ pub const VMLINUX: &str = "vmlinux";
 pub const BZIMAGE: &str = "bzImage";
 pub const INITRAMFS: &str = "initramfs.cpio";
 pub const MARKER_INITRAMFS: &str = "marker-initramfs.cpio";
+/// The synthetic firmware image that gives emulated SNP launches a real SNP measurement
+/// structure (never executed; see [`podvm_measured_boot::emulated_firmware`]).
+pub const FIRMWARE_SNP_EMULATED: &str = podvm_measured_boot::emulated_firmware::FILE_NAME;
 pub const MANIFEST: &str = "manifest.json";
 
 /// Why a guest image could not be built.
@@ -85,6 +88,9 @@ pub struct GuestManifest {
     pub bzimage: FileDigest,
     pub initramfs: FileDigest,
     pub marker_initramfs: FileDigest,
+    /// Absent in manifests written before the emulated-SNP firmware existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_snp_emulated: Option<FileDigest>,
     pub agent_sha256: String,
 }
 
@@ -109,6 +115,9 @@ impl GuestImage {
     }
     pub fn marker_initramfs(&self) -> PathBuf {
         self.dir.join(MARKER_INITRAMFS)
+    }
+    pub fn firmware_snp_emulated(&self) -> PathBuf {
+        self.dir.join(FIRMWARE_SNP_EMULATED)
     }
     pub fn manifest(&self) -> Result<GuestManifest, ImageError> {
         let path = self.dir.join(MANIFEST);
@@ -243,6 +252,11 @@ impl BuildGuest {
         let agent_sha256 = hex::encode(Sha256::digest(&agent));
         write_atomically(out, INITRAMFS, &initramfs(agent))?;
         write_atomically(out, MARKER_INITRAMFS, &initramfs(marker))?;
+        write_atomically(
+            out,
+            FIRMWARE_SNP_EMULATED,
+            &podvm_measured_boot::emulated_firmware::emulated_firmware_bytes(),
+        )?;
         let manifest = GuestManifest {
             kernel_source_package: kernel.source_package.clone(),
             kernel_source_version: kernel.source_version.clone(),
@@ -252,6 +266,7 @@ impl BuildGuest {
             bzimage: FileDigest::of(out, BZIMAGE)?,
             initramfs: FileDigest::of(out, INITRAMFS)?,
             marker_initramfs: FileDigest::of(out, MARKER_INITRAMFS)?,
+            firmware_snp_emulated: Some(FileDigest::of(out, FIRMWARE_SNP_EMULATED)?),
             agent_sha256,
         };
         write_atomically(
@@ -279,6 +294,34 @@ mod tests {
             ["dev", "dev/console", "init", "proc", "run", "sys", "tmp"]
         );
         assert_ne!(initramfs(b"other".to_vec()), a);
+    }
+
+    #[test]
+    fn manifests_without_the_emulated_firmware_still_parse() {
+        let file = |name: &str| FileDigest {
+            file: name.into(),
+            size: 1,
+            sha256: "00".repeat(32),
+        };
+        let mut m = GuestManifest {
+            kernel_source_package: KERNEL_SOURCE_PACKAGE.into(),
+            kernel_source_version: "6.12".into(),
+            kernel_config_sha256: "11".repeat(32),
+            kernel_build_seconds: 1.0,
+            vmlinux: file(VMLINUX),
+            bzimage: file(BZIMAGE),
+            initramfs: file(INITRAMFS),
+            marker_initramfs: file(MARKER_INITRAMFS),
+            firmware_snp_emulated: None,
+            agent_sha256: "22".repeat(32),
+        };
+        let old = serde_json::to_string(&m).unwrap();
+        assert!(!old.contains("firmware_snp_emulated"));
+        assert_eq!(serde_json::from_str::<GuestManifest>(&old).unwrap(), m);
+        m.firmware_snp_emulated = Some(file(FIRMWARE_SNP_EMULATED));
+        let new = serde_json::to_string(&m).unwrap();
+        assert!(new.contains("firmware-snp-emulated.fd"));
+        assert_eq!(serde_json::from_str::<GuestManifest>(&new).unwrap(), m);
     }
 
     #[test]

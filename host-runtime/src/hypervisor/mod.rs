@@ -2,6 +2,7 @@
 //! guest's vsock device as a hybrid vsock socket at `<state dir>/vsock.sock` (see
 //! [`crate::vsock`]); everything above this module is backend-agnostic.
 
+pub mod confidential;
 pub mod qemu;
 
 use std::path::PathBuf;
@@ -66,6 +67,8 @@ pub struct VmSpec {
     pub cmdline: String,
     pub machine: Machine,
     pub accel: Accel,
+    /// A raw disk image attached read-only as the first virtio-blk disk (`/dev/vda`).
+    pub initdata_disk: Option<PathBuf>,
 }
 
 /// A launched VM: the VMM process, its helper processes, and the host side of its vsock device.

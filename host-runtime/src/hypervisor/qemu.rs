@@ -223,6 +223,28 @@ impl Hypervisor for QemuBackend {
             Machine::Q35 => "vhost-user-vsock-pci,chardev=vsock",
         };
         cmd.args(["-device", device]);
+        // Entropy for the guest: without it, its first getrandom() (a TLS or TEE key) can block
+        // for a long time under TCG. The guest kernel mixes it in; in a TEE it is one source of
+        // several (RDRAND/RDSEED are the guest's own).
+        cmd.args(["-object", "rng-random,id=rng0,filename=/dev/urandom"]);
+        cmd.args([
+            "-device",
+            match spec.machine {
+                Machine::Microvm => "virtio-rng-device,rng=rng0",
+                Machine::Q35 => "virtio-rng-pci,rng=rng0",
+            },
+        ]);
+        if let Some(disk) = &spec.initdata_disk {
+            let mut drive = OsString::from("file=");
+            drive.push(disk.as_os_str());
+            drive.push(",if=none,id=initdata,format=raw,readonly=on");
+            cmd.arg("-drive").arg(drive);
+            let device = match spec.machine {
+                Machine::Microvm => "virtio-blk-device,drive=initdata",
+                Machine::Q35 => "virtio-blk-pci,drive=initdata",
+            };
+            cmd.args(["-device", device]);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file(&vmm_log)?);

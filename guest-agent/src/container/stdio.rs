@@ -1,0 +1,179 @@
+//! A container process's stdio: pipes created by the agent, the other ends the process's fds 0–2.
+//!
+//! Output is read into a bounded buffer ([`OUTPUT_BUFFER_BYTES`] per stream) by a task of the
+//! agent; while the buffer is full the task stops reading, so the pipe fills and the process
+//! blocks on write (back-pressure) instead of the agent's memory growing. `ReadStdout` /
+//! `ReadStderr` take up to `len` bytes, waiting until there are some; once the process's end is
+//! closed and the buffer is empty they fail with [`StreamEnd`] (as Kata's agent does: the
+//! host's copy loop ends on that error).
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::Notify;
+
+/// Bytes buffered per output stream before the agent stops reading the pipe.
+pub const OUTPUT_BUFFER_BYTES: usize = 1 << 20;
+
+/// What one read from the pipe asks for.
+const CHUNK: usize = 64 << 10;
+
+/// The stream has ended and everything was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamEnd;
+
+#[derive(Default)]
+struct State {
+    data: VecDeque<u8>,
+    eof: bool,
+}
+
+/// The buffered output of one stream.
+#[derive(Default)]
+pub struct OutputBuffer {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl OutputBuffer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A buffer filled from `pipe` by a task of the current runtime.
+    pub fn spawn(pipe: pipe::Receiver) -> Arc<Self> {
+        let buffer = Arc::new(OutputBuffer::default());
+        tokio::spawn(buffer.clone().pump(pipe));
+        buffer
+    }
+
+    async fn pump(self: Arc<Self>, mut pipe: pipe::Receiver) {
+        let mut chunk = vec![0u8; CHUNK];
+        loop {
+            let room = loop {
+                let mut changed = pin!(self.changed.notified());
+                changed.as_mut().enable();
+                let room = OUTPUT_BUFFER_BYTES - self.lock().data.len();
+                if room > 0 {
+                    break room;
+                }
+                changed.await;
+            };
+            let n = loop {
+                match pipe.read(&mut chunk[..room.min(CHUNK)]).await {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break 0,
+                    Ok(n) => break n,
+                }
+            };
+            let mut state = self.lock();
+            if n == 0 {
+                state.eof = true;
+            } else {
+                state.data.extend(&chunk[..n]);
+            }
+            drop(state);
+            self.changed.notify_waiters();
+            if n == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Up to `max` bytes (at least one), waiting for them; [`StreamEnd`] once all was read.
+    pub async fn read(&self, max: usize) -> Result<Vec<u8>, StreamEnd> {
+        let max = if max == 0 { CHUNK } else { max };
+        loop {
+            let mut changed = pin!(self.changed.notified());
+            changed.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if !state.data.is_empty() {
+                    let n = max.min(state.data.len());
+                    let out: Vec<u8> = state.data.drain(..n).collect();
+                    drop(state);
+                    self.changed.notify_waiters();
+                    return Ok(out);
+                }
+                if state.eof {
+                    return Err(StreamEnd);
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// The stream ended and was read to the end.
+    pub fn is_drained(&self) -> bool {
+        let state = self.lock();
+        state.eof && state.data.is_empty()
+    }
+}
+
+/// The write end of a process's stdin.
+pub struct Stdin {
+    pipe: tokio::sync::Mutex<Option<pipe::Sender>>,
+}
+
+/// Writing to a stdin that was closed.
+#[derive(Debug, thiserror::Error)]
+pub enum StdinError {
+    #[error("stdin is closed")]
+    Closed,
+    #[error("write to stdin: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Stdin {
+    pub fn new(pipe: pipe::Sender) -> Self {
+        Stdin {
+            pipe: tokio::sync::Mutex::new(Some(pipe)),
+        }
+    }
+
+    /// Writes all of `data` (waiting while the pipe is full); returns its length.
+    pub async fn write(&self, data: &[u8]) -> Result<usize, StdinError> {
+        let mut pipe = self.pipe.lock().await;
+        let pipe = pipe.as_mut().ok_or(StdinError::Closed)?;
+        pipe.write_all(data).await?;
+        Ok(data.len())
+    }
+
+    /// Closes the pipe: the process reads end of file.
+    pub async fn close(&self) {
+        self.pipe.lock().await.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_is_bounded_and_ends_with_stream_end() {
+        let (tx, rx) = pipe::pipe().unwrap();
+        let buffer = OutputBuffer::spawn(rx);
+        let writer = tokio::spawn(async move {
+            let mut tx = tx;
+            let block = vec![7u8; 256 << 10];
+            for _ in 0..8 {
+                tx.write_all(&block).await.unwrap();
+            }
+        });
+        // The writer blocks once the buffer (1 MiB) and the pipe are full.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!writer.is_finished());
+        assert!(buffer.lock().data.len() <= OUTPUT_BUFFER_BYTES);
+        let mut total = 0;
+        while let Ok(chunk) = buffer.read(100_000).await {
+            assert!(!chunk.is_empty() && chunk.len() <= 100_000);
+            total += chunk.len();
+        }
+        assert_eq!(total, 8 * (256 << 10));
+        assert!(buffer.is_drained());
+        assert_eq!(buffer.read(10).await, Err(StreamEnd));
+    }
+}
