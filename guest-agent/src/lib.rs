@@ -8,6 +8,7 @@
 //! - [`emulated_tee`]: SNP evidence from the host's emulated PSP (`podvm.tee=snp-emulated`);
 //! - [`egress`]: the guest's relay to host-loopback services (KBS, registries) over vsock;
 //! - [`pod_image`]: the pod's image pulls: initdata settings, KBS keys, [`image::ImagePuller`];
+//! - [`storage`]: block-device storages a `CreateContainer` names (the shim's rootfs disk);
 //! - [`service`]: the ttrpc services of the agent API (`grpc.Health`, `grpc.AgentService`);
 //! - [`transport`]: how the host reaches the services (vsock, both directions; Unix socket for tests).
 
@@ -21,6 +22,7 @@ pub mod initdata;
 pub mod pod_image;
 pub mod policy_gate;
 pub mod service;
+pub mod storage;
 pub mod transport;
 
 /// The agent's version, reported by `Health.Version` and `GetGuestDetails`.

@@ -158,22 +158,6 @@ impl Agent {
     }
 }
 
-/// `reference` pinned to `digest` (`name@sha256:...`), the form policies compare.
-fn pinned_reference(reference: &str, digest: &str) -> String {
-    let name = match reference.split_once('@') {
-        Some((name, _)) => name,
-        None => {
-            // Strip a tag (a ':' after the last '/').
-            let slash = reference.rfind('/').map(|i| i + 1).unwrap_or(0);
-            match reference[slash..].rfind(':') {
-                Some(colon) => &reference[..slash + colon],
-                None => reference,
-            }
-        }
-    };
-    format!("{name}@{digest}")
-}
-
 fn internal(message: String) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INTERNAL, message))
 }
@@ -279,6 +263,10 @@ impl agent_ttrpc::AgentService for Agent {
         req: CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check(&req)?;
+        crate::storage::mount_all(&req.storages).map_err(|e| {
+            let message = format!("CreateContainer {}: {e}", req.container_id);
+            ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INVALID_ARGUMENT, message))
+        })?;
         self.containers
             .create(&req)
             .await
@@ -478,7 +466,7 @@ impl agent_ttrpc::AgentService for Agent {
             "image pulled, verified and unpacked"
         );
         let pull_us = started.elapsed().as_micros() as u64;
-        let image_ref = pinned_reference(&req.image, pulled.manifest_digest.as_str());
+        let image_ref = crate::image::pinned_reference(&req.image, pulled.manifest_digest.as_str());
         self.register_pulled_image(&req.container_id, pulled);
         Ok(PullImageResponse {
             image_ref,

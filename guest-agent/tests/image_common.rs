@@ -85,9 +85,14 @@ impl Registry {
     }
 
     pub fn push(&self, layout: &Path, repo: &str, encrypt_with: Option<&Path>) {
+        self.push_to(layout, repo, encrypt_with.as_slice());
+    }
+
+    /// Push encrypted to every public key in `recipients` (none: plain).
+    pub fn push_to(&self, layout: &Path, repo: &str, recipients: &[&Path]) {
         let mut cmd = Command::new("skopeo");
         cmd.args(["copy", "--quiet", "--all", "--dest-tls-verify=false"]);
-        if let Some(pubkey) = encrypt_with {
+        for pubkey in recipients {
             cmd.arg("--encryption-key")
                 .arg(format!("jwe:{}", pubkey.display()));
         }
@@ -147,6 +152,85 @@ pub fn rsa_keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         .arg(&public)
         .stderr(std::process::Stdio::null()));
     (private, public)
+}
+
+/// How [`ec_keypair`] writes the private key.
+#[derive(Debug, Clone, Copy)]
+pub enum EcKeyFormat {
+    /// `openssl ecparam -genkey -noout`: PEM `EC PRIVATE KEY`.
+    Sec1Pem,
+    /// `openssl genpkey`: PEM `PRIVATE KEY`.
+    Pkcs8Pem,
+    /// `openssl genpkey -outform DER`.
+    Pkcs8Der,
+    /// `openssl ec -outform DER`.
+    Sec1Der,
+}
+
+/// An EC key pair made with openssl on `curve` (`prime256v1`/`P-256`, `secp384r1`/`P-384`,
+/// `secp521r1`/`P-521`): paths of the private key in `format`, the public key PEM, and the
+/// private key as PKCS#8 PEM (skopeo 1.9's ocicrypt reads only PKCS#8 and PKCS#1 PEM).
+pub fn ec_keypair(
+    dir: &Path,
+    name: &str,
+    curve: &str,
+    format: EcKeyFormat,
+) -> (PathBuf, PathBuf, PathBuf) {
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let pem = dir.join(format!("{name}.pem"));
+    let quiet = || std::process::Stdio::null();
+    match format {
+        EcKeyFormat::Sec1Pem | EcKeyFormat::Sec1Der => {
+            run(Command::new("openssl")
+                .args(["ecparam", "-genkey", "-noout", "-name", curve, "-out"])
+                .arg(&pem)
+                .stderr(quiet()));
+        }
+        EcKeyFormat::Pkcs8Pem | EcKeyFormat::Pkcs8Der => {
+            run(Command::new("openssl")
+                .args(["genpkey", "-algorithm", "EC", "-pkeyopt"])
+                .arg(format!("ec_paramgen_curve:{curve}"))
+                .arg("-out")
+                .arg(&pem)
+                .stderr(quiet()));
+        }
+    }
+    match format {
+        EcKeyFormat::Sec1Pem | EcKeyFormat::Pkcs8Pem => {
+            std::fs::copy(&pem, &private).map(drop).unwrap()
+        }
+        EcKeyFormat::Pkcs8Der => {
+            run(Command::new("openssl")
+                .args(["pkey", "-outform", "DER", "-in"])
+                .arg(&pem)
+                .arg("-out")
+                .arg(&private)
+                .stderr(quiet()));
+        }
+        EcKeyFormat::Sec1Der => {
+            run(Command::new("openssl")
+                .args(["ec", "-outform", "DER", "-in"])
+                .arg(&pem)
+                .arg("-out")
+                .arg(&private)
+                .stderr(quiet()));
+        }
+    }
+    run(Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&pem)
+        .arg("-out")
+        .arg(&public)
+        .stderr(quiet()));
+    let pkcs8_pem = dir.join(format!("{name}.p8.pem"));
+    run(Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-nocrypt", "-in"])
+        .arg(&pem)
+        .arg("-out")
+        .arg(&pkcs8_pem)
+        .stderr(quiet()));
+    (private, public, pkcs8_pem)
 }
 
 pub fn sha256(data: &[u8]) -> String {

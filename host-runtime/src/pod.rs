@@ -25,8 +25,6 @@ pub const POD_NAME: &str = "podvm-run";
 pub const POD_NAMESPACE: &str = "default";
 /// The container's name.
 pub const CONTAINER_NAME: &str = "main";
-/// The PATH every container gets (the runtime default, as containerd sets it).
-pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The pod's KBS and image settings, written into the initdata (`cdh.toml`, `aa.toml`).
 #[derive(Debug, Clone, Default)]
@@ -151,7 +149,9 @@ pub fn create_container_request(
 ) -> CreateContainerRequest {
     let mut process = oci::Process::new();
     process.Args = args.to_vec();
-    process.Env = std::iter::once(DEFAULT_PATH.to_string())
+    // The PATH every container gets (the runtime default, as containerd sets it).
+    let path = format!("PATH={}", podvm_guest_agent::container::spec::DEFAULT_PATH);
+    process.Env = std::iter::once(path)
         .chain(env.iter().map(|(k, v)| format!("{k}={v}")))
         .collect();
     process.Cwd = "/".to_string();

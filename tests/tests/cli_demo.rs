@@ -1,6 +1,7 @@
 //! `podvm vm run --json` and `podvm demo` through the real binary.
 
-use podvm_e2e::podvm;
+use podvm_e2e::{emulated_psp_dir, podvm};
+use podvm_host_runtime::testbed::SECRET;
 
 #[test]
 fn vm_run_json_reports_the_guest_and_the_timings() {
@@ -23,23 +24,33 @@ fn vm_run_json_reports_the_guest_and_the_timings() {
 }
 
 #[test]
-fn demo_narrates_a_boot() {
+fn demo_runs_the_confidential_pod_and_the_kbs_names_the_tampered_byte() {
     let state = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let out = podvm(state.path(), logs.path())
-        .args(["demo", "--memory", "256"])
+        .env("PODVM_EMULATED_PSP_DIR", emulated_psp_dir())
+        .arg("demo")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("ready: the agent answered")
-            && stdout.contains("(PID 1)")
-            && stdout.contains("powered off when asked"),
-        "{stdout}"
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for expected in [
+        "SNP launch measurement: ",
+        // The decrypted image's file, printed by the container in the guest.
+        SECRET,
+        "PID 1 in its own namespace",
+        "attestation: accepted by the KBS",
+        "attestation + key release",
+        "measurement mismatch",
+        "the kernel command line differs at byte",
+        "\"podvm.demo=2\" instead of \"podvm.demo=1\"",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}\n{stderr}"
+        );
+    }
+    // The registry, the KBS, both VMs and their state are gone.
+    assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0);
 }

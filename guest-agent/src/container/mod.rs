@@ -284,11 +284,7 @@ impl Containers {
                 "sandbox_pidns (one PID namespace for the pod's containers)",
             ));
         }
-        if !req.storages.is_empty() {
-            return Err(ContainerError::Unsupported(
-                "CreateContainerRequest.storages",
-            ));
-        }
+        // `storages` are mounted by the service before this (crate::storage).
         if !req.devices.is_empty() {
             return Err(ContainerError::Unsupported(
                 "CreateContainerRequest.devices",

@@ -26,23 +26,9 @@ use super::seccomp::{self, SeccompError, SeccompProgram};
 /// The `PATH` a process gets when neither the spec nor the image sets one (Docker's).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Docker's default capabilities: what a process gets when the spec has no `Capabilities`.
-pub const DEFAULT_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+/// Docker's default capabilities: what a process gets when the spec has no `Capabilities` (the
+/// same list generated policies allow for unprivileged containers).
+pub use podvm_policy::generate::DEFAULT_CAPABILITIES;
 
 /// The largest `/etc/passwd` or `/etc/group` read from an image.
 const MAX_ACCOUNT_FILE: u64 = 1 << 20;

@@ -25,6 +25,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::digest::Digest;
+use super::ecdh_es::{ECDH_ES_KW_ALGS, EcPrivateKey};
 use super::error::StreamIntegrity;
 
 /// Suffix of encrypted layer media types.
@@ -380,59 +381,161 @@ fn aes256gcm_open(
         .map_err(|_| "authentication failed")
 }
 
-/// A private key able to unwrap JWE recipients (RSA-OAEP, RSA-OAEP-256).
+/// A private key able to unwrap JWE recipients: RSA (`RSA-OAEP`, `RSA-OAEP-256`) or EC P-256,
+/// P-384, P-521 (`ECDH-ES+A128KW`, `+A192KW`, `+A256KW`; see [`super::ecdh_es`]).
 pub struct JwePrivateKey {
-    rsa: rsa::PrivateKey,
+    kind: KeyKind,
+}
+
+enum KeyKind {
+    Rsa(Box<rsa::PrivateKey>),
+    Ec(EcPrivateKey),
 }
 
 impl std::fmt::Debug for JwePrivateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JwePrivateKey(RSA)")
+        match &self.kind {
+            KeyKind::Rsa(_) => f.write_str("JwePrivateKey(RSA)"),
+            KeyKind::Ec(k) => write!(f, "JwePrivateKey(EC {})", k.curve()),
+        }
     }
+}
+
+/// PEM labels of the private key formats [`JwePrivateKey::from_bytes`] reads.
+const PEM_PKCS8: &str = "PRIVATE KEY";
+const PEM_PKCS1: &str = "RSA PRIVATE KEY";
+const PEM_SEC1: &str = "EC PRIVATE KEY";
+const PEM_PKCS8_ENCRYPTED: &str = "ENCRYPTED PRIVATE KEY";
+
+/// One decoded PEM block.
+struct PemBlock {
+    label: String,
+    der: Zeroizing<Vec<u8>>,
+}
+
+/// The private key PEM blocks of `text`, skipping others (`EC PARAMETERS` as written by
+/// `openssl ecparam -genkey`, public keys, certificates).
+fn pem_private_key_blocks(text: &str) -> Result<Vec<PemBlock>, String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(begin) = rest.find("-----BEGIN ") {
+        let block = &rest[begin..];
+        let label_end = block["-----BEGIN ".len()..]
+            .find("-----")
+            .ok_or("truncated PEM header")?;
+        let label = &block["-----BEGIN ".len().."-----BEGIN ".len() + label_end];
+        let end_marker = format!("-----END {label}-----");
+        let end = block
+            .find(&end_marker)
+            .ok_or_else(|| format!("PEM block {label:?} has no END line"))?
+            + end_marker.len();
+        if [PEM_PKCS8, PEM_PKCS1, PEM_SEC1, PEM_PKCS8_ENCRYPTED].contains(&label) {
+            let (_, der) = rsa::pkcs8::der::pem::decode_vec(&block.as_bytes()[..end])
+                .map_err(|_| format!("PEM block {label:?} is not valid base64"))?;
+            out.push(PemBlock {
+                label: label.to_string(),
+                der: Zeroizing::new(der),
+            });
+        }
+        rest = &block[end..];
+    }
+    Ok(out)
 }
 
 impl JwePrivateKey {
-    /// Parse a PEM (PKCS#8 or PKCS#1) or DER (PKCS#8) RSA private key, as given to
-    /// `skopeo copy --decryption-key`.
+    /// Parse a private key as given to `skopeo copy --decryption-key`: PEM (PKCS#8
+    /// `PRIVATE KEY`, PKCS#1 `RSA PRIVATE KEY`, SEC1 `EC PRIVATE KEY`) or DER (PKCS#8, PKCS#1,
+    /// SEC1). RSA, or EC on P-256, P-384 or P-521.
     pub fn from_bytes(data: &[u8]) -> Result<Self, String> {
         use rsa::pkcs1::DecodeRsaPrivateKey;
         use rsa::pkcs8::DecodePrivateKey;
-        let rsa = if let Ok(pem) = std::str::from_utf8(data) {
-            rsa::PrivateKey::from_pkcs8_pem(pem)
-                .or_else(|_| rsa::PrivateKey::from_pkcs1_pem(pem))
-                .map_err(|_| {
-                    "not a PEM RSA private key (PKCS#8 or PKCS#1); EC keys are not supported yet"
-                        .to_string()
-                })?
-        } else {
-            rsa::PrivateKey::from_pkcs8_der(data)
-                .map_err(|_| "not a DER PKCS#8 RSA private key".to_string())?
+        const UNSUPPORTED: &str =
+            "not an RSA (PKCS#8, PKCS#1) or EC P-256/P-384/P-521 (PKCS#8, SEC1) private key";
+        let rsa = |k: rsa::PrivateKey| JwePrivateKey {
+            kind: KeyKind::Rsa(Box::new(k)),
         };
-        Ok(JwePrivateKey { rsa })
+        let ec = |k: EcPrivateKey| JwePrivateKey {
+            kind: KeyKind::Ec(k),
+        };
+        let pem = std::str::from_utf8(data)
+            .ok()
+            .filter(|t| t.contains("-----BEGIN "));
+        let Some(pem) = pem else {
+            // DER: PKCS#8 (either kind), then PKCS#1, then SEC1.
+            if let Ok(k) = rsa::PrivateKey::from_pkcs8_der(data) {
+                return Ok(rsa(k));
+            }
+            if let Ok(k) = rsa::PrivateKey::from_pkcs1_der(data) {
+                return Ok(rsa(k));
+            }
+            return EcPrivateKey::from_der(data)
+                .map(ec)
+                .ok_or_else(|| format!("DER: {UNSUPPORTED}"));
+        };
+        let blocks = pem_private_key_blocks(pem)?;
+        let Some(PemBlock { label, der }) = blocks.first() else {
+            return Err(format!(
+                "no {PEM_PKCS8:?}, {PEM_PKCS1:?} or {PEM_SEC1:?} PEM block (a public key or certificate is not enough)"
+            ));
+        };
+        match label.as_str() {
+            PEM_PKCS8 => rsa::PrivateKey::from_pkcs8_der(der)
+                .map(rsa)
+                .ok()
+                .or_else(|| EcPrivateKey::from_der(der).map(ec))
+                .ok_or_else(|| format!("PEM {label:?}: {UNSUPPORTED}")),
+            PEM_PKCS1 => rsa::PrivateKey::from_pkcs1_der(der)
+                .map(rsa)
+                .map_err(|_| format!("PEM {label:?} is not a valid PKCS#1 RSA key")),
+            PEM_SEC1 => EcPrivateKey::from_der(der)
+                .map(ec)
+                .ok_or_else(|| format!("PEM {label:?}: not a SEC1 key on P-256, P-384 or P-521")),
+            _ => Err(format!(
+                "PEM {label:?}: password-protected keys are not supported; decrypt it first (openssl pkey -in key.pem -out plain.pem)"
+            )),
+        }
     }
 
-    fn unwrap_cek(&self, alg: &str, encrypted_key: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
-        let cek = match alg {
-            "RSA-OAEP" => self
-                .rsa
-                .decrypt(rsa::Oaep::<sha1::Sha1>::new(), encrypted_key),
-            "RSA-OAEP-256" => self.rsa.decrypt(rsa::Oaep::<Sha256>::new(), encrypted_key),
-            other => {
-                return Err(format!(
-                    "JWE key algorithm {other:?} is not supported (RSA-OAEP, RSA-OAEP-256)"
-                ));
+    /// Unwrap one recipient's content encryption key; `header` is the recipient's joint header.
+    fn unwrap_cek(
+        &self,
+        header: &JsonObject,
+        encrypted_key: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, String> {
+        let alg = header.get("alg").and_then(|v| v.as_str()).unwrap_or("");
+        match &self.kind {
+            KeyKind::Rsa(rsa) => {
+                let cek = match alg {
+                    "RSA-OAEP" => rsa.decrypt(rsa::Oaep::<sha1::Sha1>::new(), encrypted_key),
+                    "RSA-OAEP-256" => rsa.decrypt(rsa::Oaep::<Sha256>::new(), encrypted_key),
+                    other => {
+                        return Err(format!(
+                            "JWE key algorithm {other:?} does not fit an RSA key (RSA-OAEP, RSA-OAEP-256)"
+                        ));
+                    }
+                };
+                cek.map(Zeroizing::new)
+                    .map_err(|_| "RSA-OAEP decryption failed".to_string())
             }
-        };
-        cek.map(Zeroizing::new)
-            .map_err(|_| "RSA-OAEP decryption failed".to_string())
+            KeyKind::Ec(ec) => {
+                if !ECDH_ES_KW_ALGS.iter().any(|(a, _)| *a == alg) {
+                    return Err(format!(
+                        "JWE key algorithm {alg:?} does not fit an EC key (ECDH-ES+A128KW, ECDH-ES+A192KW, ECDH-ES+A256KW)"
+                    ));
+                }
+                ec.unwrap_cek(alg, header, encrypted_key)
+            }
+        }
     }
 }
+
+type JsonObject = serde_json::Map<String, serde_json::Value>;
 
 #[derive(Deserialize)]
 struct JweJson {
     protected: Option<String>,
-    unprotected: Option<serde_json::Map<String, serde_json::Value>>,
-    header: Option<serde_json::Map<String, serde_json::Value>>,
+    unprotected: Option<JsonObject>,
+    header: Option<JsonObject>,
     encrypted_key: Option<String>,
     recipients: Option<Vec<JweRecipient>>,
     iv: String,
@@ -443,7 +546,7 @@ struct JweJson {
 
 #[derive(Deserialize)]
 struct JweRecipient {
-    header: Option<serde_json::Map<String, serde_json::Value>>,
+    header: Option<JsonObject>,
     encrypted_key: Option<String>,
 }
 
@@ -472,14 +575,17 @@ pub fn jwe_decrypt(jwe: &[u8], keys: &[JwePrivateKey]) -> Result<Zeroizing<Vec<u
     } else {
         recipients.push((jwe.header.clone(), jwe.encrypted_key.clone()));
     }
-    let header_value =
-        |name: &str, per: &Option<serde_json::Map<String, serde_json::Value>>| -> Option<String> {
-            per.as_ref()
-                .and_then(|h| h.get(name))
-                .or_else(|| jwe.unprotected.as_ref().and_then(|h| h.get(name)))
-                .or_else(|| protected_json.get(name))
-                .and_then(|v| v.as_str().map(str::to_string))
-        };
+    // The recipient's joint header: per-recipient over shared unprotected over protected.
+    let joint_header = |per: &Option<JsonObject>| -> JsonObject {
+        let mut h = protected_json.clone();
+        for layer in [jwe.unprotected.as_ref(), per.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            h.extend(layer.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        h
+    };
     let iv = b64url(&jwe.iv, "iv")?;
     let ciphertext = b64url(&jwe.ciphertext, "ciphertext")?;
     let tag = b64url(&jwe.tag, "tag")?;
@@ -490,20 +596,20 @@ pub fn jwe_decrypt(jwe: &[u8], keys: &[JwePrivateKey]) -> Result<Zeroizing<Vec<u
     }
     let mut last_err = "the JWE has no recipients".to_string();
     for (per, encrypted_key) in &recipients {
-        let alg = header_value("alg", per).unwrap_or_default();
-        let enc = header_value("enc", per).unwrap_or_default();
+        let header = joint_header(per);
+        let enc = header.get("enc").and_then(|v| v.as_str()).unwrap_or("");
         if enc != "A256GCM" {
             last_err = format!("JWE content encryption {enc:?} is not supported (A256GCM)");
             continue;
         }
-        if header_value("zip", per).is_some() {
+        if header.contains_key("zip") {
             last_err = "compressed JWE payloads are not supported".to_string();
             continue;
         }
         let Some(ek) = encrypted_key else { continue };
         let ek = b64url(ek, "encrypted_key")?;
         for key in keys {
-            match key.unwrap_cek(&alg, &ek) {
+            match key.unwrap_cek(&header, &ek) {
                 Ok(cek) => {
                     let mut data = ciphertext.clone();
                     data.extend_from_slice(&tag);
@@ -572,6 +678,40 @@ mod tests {
                 .unwrap_err()
                 .contains("symkey")
         );
+    }
+
+    #[test]
+    fn ec_private_key_formats() {
+        use p384::pkcs8::EncodePrivateKey;
+        let p256 = p256::SecretKey::from_slice(&[0x21; 32]).unwrap();
+        // `openssl ecparam -genkey` without -noout puts an EC PARAMETERS block first.
+        let sec1 = p256.to_sec1_pem(Default::default()).unwrap();
+        let with_params = format!(
+            "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n{}",
+            &*sec1
+        );
+        let k = JwePrivateKey::from_bytes(with_params.as_bytes()).unwrap();
+        assert_eq!(format!("{k:?}"), "JwePrivateKey(EC P-256)");
+        let p384 = p384::SecretKey::from_slice(&[0x22; 48]).unwrap();
+        let pkcs8 = p384.to_pkcs8_pem(Default::default()).unwrap();
+        let k = JwePrivateKey::from_bytes(pkcs8.as_bytes()).unwrap();
+        assert_eq!(format!("{k:?}"), "JwePrivateKey(EC P-384)");
+        let p521 = p521::SecretKey::from_slice(&[0x01; 66]).unwrap();
+        for der in [
+            p521.to_sec1_der().unwrap().to_vec(),
+            p521.to_pkcs8_der().unwrap().as_bytes().to_vec(),
+        ] {
+            let k = JwePrivateKey::from_bytes(&der).unwrap();
+            assert_eq!(format!("{k:?}"), "JwePrivateKey(EC P-521)");
+        }
+        let public = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
+        let err = JwePrivateKey::from_bytes(public.as_bytes()).unwrap_err();
+        assert!(err.contains("public key"), "{err}");
+        let encrypted = pkcs8.replace("PRIVATE KEY", "ENCRYPTED PRIVATE KEY");
+        let err = JwePrivateKey::from_bytes(encrypted.as_bytes()).unwrap_err();
+        assert!(err.contains("password-protected"), "{err}");
+        let err = JwePrivateKey::from_bytes(&[0x30, 0x03, 0x02, 0x01, 0x00]).unwrap_err();
+        assert!(err.contains("EC P-256/P-384/P-521"), "{err}");
     }
 
     #[test]

@@ -281,20 +281,7 @@ impl ImagePuller {
         })?;
         let auth = self.inner.auth(&image).await?;
         let (digest, _) = self.inner.resolve_manifest(&image, &auth).await?;
-        let name = match image.digest() {
-            Some(_) => reference
-                .rsplit_once('@')
-                .map(|(n, _)| n)
-                .unwrap_or(reference),
-            None => {
-                let slash = reference.rfind('/').map(|i| i + 1).unwrap_or(0);
-                match reference[slash..].rfind(':') {
-                    Some(colon) => &reference[..slash + colon],
-                    None => reference,
-                }
-            }
-        };
-        Ok(format!("{name}@{}", digest.as_str()))
+        Ok(super::pinned_reference(reference, digest.as_str()))
     }
 
     /// Pull `reference` and unpack it, flattened, into `dest` (which must not exist or be an

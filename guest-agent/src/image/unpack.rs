@@ -1,21 +1,28 @@
 //! Safe tar layer extraction into a root directory.
 //!
-//! Every path is resolved from a directory fd of the root with `openat2(RESOLVE_BENEATH |
-//! RESOLVE_NO_MAGICLINKS)`: a `..` component or a symlink (absolute or relative) that would lead
-//! out of the root fails with a clear error instead of being followed. The final component is
-//! never followed: existing entries are removed and new ones created with `O_EXCL|O_NOFOLLOW`.
+//! Every path is resolved from a directory fd of the root with `openat2(RESOLVE_IN_ROOT |
+//! RESOLVE_NO_MAGICLINKS)`, the way a container runtime sees the rootfs: an absolute symlink
+//! (`var/run -> /run`) resolves against the root, and `..` stops at the root. So an entry written
+//! through a symlink always lands inside the root, wherever the symlink points: `evil ->
+//! /../../etc` then `evil/passwd` writes `<root>/etc/passwd`, and `up -> ../../..` then
+//! `up/tmp/x` writes `<root>/tmp/x` (the missing directories are created there, as umoci and
+//! containerd do). Nothing is ever created or changed outside the root. `..` in an entry's own
+//! path is still refused outright ([`ImageError::PathTraversal`]), and `/proc/self/...`-style
+//! magic links are never followed. The final component is never followed: existing entries are
+//! removed and new ones created with `O_EXCL|O_NOFOLLOW`; symlink entries are stored as given
+//! (absolute targets included), never resolved by the unpacker.
 //!
 //! Whiteouts: in [`WhiteoutMode::Apply`] (a flattened rootfs) `.wh.<name>` removes `<name>` and
 //! `.wh..wh..opq` removes everything lower layers put in its directory; in
 //! [`WhiteoutMode::Overlay`] (one directory per layer, for overlayfs) they become 0/0 character
 //! devices and the `trusted.overlay.opaque` xattr.
 
-use std::collections::HashSet;
-use std::ffi::{CStr, CString, OsStr};
+use std::collections::{HashSet, VecDeque};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::error::{ImageError, Result};
@@ -26,6 +33,10 @@ const OVERLAY_OPAQUE_XATTR: &CStr = c"trusted.overlay.opaque";
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 /// Mode bits a tar header may set (permissions, setuid/setgid/sticky).
 const MODE_MASK: u32 = 0o7777;
+/// Symlinks followed while creating one entry's parent directories (the kernel's MAXSYMLINKS).
+const MAX_SYMLINKS: u32 = 40;
+/// Mode of parent directories that the layer does not list itself (as `mkdir -p`, umask 022).
+const IMPLICIT_DIR_MODE: libc::mode_t = 0o755;
 
 /// How whiteout entries are materialised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,19 +101,19 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
-/// `openat2` confined beneath `dirfd`.
-fn open_beneath(dirfd: BorrowedFd<'_>, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+/// `openat2` with `rootfd` as the root: absolute symlinks and `..` resolve inside it.
+fn open_in_root(rootfd: BorrowedFd<'_>, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     let c = cstring(path.as_os_str())?;
     // SAFETY: open_how is plain data; zero is a valid value for every field.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     loop {
         // SAFETY: valid fd, NUL-terminated path, `how` lives across the call with its size given.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_openat2,
-                dirfd.as_raw_fd(),
+                rootfd.as_raw_fd(),
                 c.as_ptr(),
                 &how as *const libc::open_how,
                 size_of::<libc::open_how>(),
@@ -167,6 +178,29 @@ fn lstat_at(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<libc::stat>
 
 fn is_dir(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+fn is_symlink(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFLNK
+}
+
+/// The target of symlink `name` in `dirfd`.
+fn readlink_at(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<OsString> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: valid fd, name and buffer of the given length.
+    let n = unsafe {
+        libc::readlinkat(
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(OsString::from_vec(buf))
 }
 
 /// Names in a directory (without `.` and `..`).
@@ -266,8 +300,20 @@ fn normalize(path: &Path) -> std::result::Result<Option<PathBuf>, ()> {
 }
 
 enum ResolveError {
+    /// `openat2` refused to leave the root (`EXDEV`; with `RESOLVE_IN_ROOT` only on a detected
+    /// rename race, kept as a hard error).
     Escape,
     Io(io::Error),
+}
+
+impl ResolveError {
+    fn from_open(e: io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::EXDEV) {
+            ResolveError::Escape
+        } else {
+            ResolveError::Io(e)
+        }
+    }
 }
 
 /// Extracts one layer's tar stream into `root`.
@@ -322,43 +368,76 @@ impl<'a> LayerUnpacker<'a> {
         }
     }
 
-    /// Open directory `rel` beneath the root, creating missing components when `create`.
+    /// Open directory `rel` (resolved inside the root), creating missing components when
+    /// `create`.
     fn open_dir(&self, rel: &Path, create: bool) -> std::result::Result<OwnedFd, ResolveError> {
         if rel.as_os_str().is_empty() {
             return self.root.try_clone().map_err(ResolveError::Io);
         }
-        let flags = libc::O_PATH | libc::O_DIRECTORY;
-        match open_beneath(self.root.as_fd(), rel, flags) {
-            Ok(fd) => return Ok(fd),
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => return Err(ResolveError::Escape),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {}
-            Err(e) => return Err(ResolveError::Io(e)),
+        match open_in_root(self.root.as_fd(), rel, libc::O_PATH | libc::O_DIRECTORY) {
+            Ok(fd) => Ok(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => self.create_dirs(rel),
+            Err(e) => Err(ResolveError::from_open(e)),
         }
-        let mut cur = self.root.try_clone().map_err(ResolveError::Io)?;
+    }
+
+    /// `mkdir -p rel` as a container runtime does it in a rootfs: a component that is a symlink
+    /// is followed as if the root were `/`, also when it dangles (the missing directories are
+    /// then created where it points, inside the root); `..` in a symlink target stops at the
+    /// root. Returns the directory.
+    fn create_dirs(&self, rel: &Path) -> std::result::Result<OwnedFd, ResolveError> {
+        let flags = libc::O_PATH | libc::O_DIRECTORY;
+        let mut pending: VecDeque<OsString> =
+            rel.components().map(|c| c.as_os_str().to_owned()).collect();
+        // `prefix` resolves (in the root) to the directory `cur`.
         let mut prefix = PathBuf::new();
-        for comp in rel.components() {
-            prefix.push(comp);
-            let next = match open_beneath(self.root.as_fd(), &prefix, flags) {
-                Ok(fd) => fd,
-                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                    return Err(ResolveError::Escape);
+        let mut cur = self.root.try_clone().map_err(ResolveError::Io)?;
+        let mut symlinks = 0;
+        while let Some(comp) = pending.pop_front() {
+            let candidate = prefix.join(&comp);
+            match open_in_root(self.root.as_fd(), &candidate, flags) {
+                Ok(fd) => {
+                    (cur, prefix) = (fd, candidate);
+                    continue;
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    let name = cstring(comp.as_os_str()).map_err(ResolveError::Io)?;
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(ResolveError::from_open(e)),
+            }
+            let name = cstring(&comp).map_err(ResolveError::Io)?;
+            match lstat_at(cur.as_fd(), &name).map_err(ResolveError::Io)? {
+                None => {
                     // SAFETY: valid fd and name.
-                    let r = unsafe { libc::mkdirat(cur.as_raw_fd(), name.as_ptr(), 0o755) };
+                    let r =
+                        unsafe { libc::mkdirat(cur.as_raw_fd(), name.as_ptr(), IMPLICIT_DIR_MODE) };
                     cvt(r).map_err(ResolveError::Io)?;
-                    open_beneath(self.root.as_fd(), &prefix, flags).map_err(|e| {
-                        if e.raw_os_error() == Some(libc::EXDEV) {
-                            ResolveError::Escape
-                        } else {
-                            ResolveError::Io(e)
-                        }
-                    })?
+                    let fd = openat(cur.as_fd(), &name, flags | libc::O_NOFOLLOW, 0)
+                        .map_err(ResolveError::Io)?;
+                    (cur, prefix) = (fd, candidate);
                 }
-                Err(e) => return Err(ResolveError::Io(e)),
-            };
-            cur = next;
+                Some(st) if is_symlink(&st) => {
+                    // A symlink whose target (or a directory on the way to it) is missing:
+                    // continue with the target's components in its place.
+                    symlinks += 1;
+                    if symlinks > MAX_SYMLINKS {
+                        return Err(ResolveError::Io(io::Error::from_raw_os_error(libc::ELOOP)));
+                    }
+                    let target =
+                        PathBuf::from(readlink_at(cur.as_fd(), &name).map_err(ResolveError::Io)?);
+                    if target.is_absolute() {
+                        prefix = PathBuf::new();
+                        cur = self.root.try_clone().map_err(ResolveError::Io)?;
+                    }
+                    for c in target.components().rev() {
+                        if let Component::Normal(_) | Component::ParentDir = c {
+                            pending.push_front(c.as_os_str().to_owned());
+                        }
+                    }
+                }
+                // Exists, is no symlink, yet did not resolve: changed under us.
+                Some(_) => {
+                    return Err(ResolveError::Io(io::Error::from_raw_os_error(libc::ENOENT)));
+                }
+            }
         }
         Ok(cur)
     }
@@ -400,7 +479,7 @@ impl<'a> LayerUnpacker<'a> {
         }
         // Directory mtimes last: creating children changed them.
         for (path, mtime) in std::mem::take(&mut self.dir_times) {
-            if let Ok(fd) = open_beneath(
+            if let Ok(fd) = open_in_root(
                 self.root.as_fd(),
                 &path,
                 libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
@@ -816,14 +895,107 @@ mod tests {
         assert!(!dir.path().join("evil").exists());
     }
 
+    fn symlink(b: &mut tar::Builder<Vec<u8>>, path: &str, target: impl AsRef<Path>) {
+        let mut h = header(tar::EntryType::Symlink, 0, 0o777);
+        b.append_link(&mut h, path, target).unwrap();
+    }
+
+    fn regular(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+        let mut h = header(tar::EntryType::Regular, data.len() as u64, 0o644);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+
     #[test]
-    fn rejects_write_through_escaping_symlink() {
-        let outside = tempfile::tempdir().unwrap();
+    fn entries_through_absolute_symlinks_land_in_root() {
         let data = tar_with(|b| {
-            let mut h = header(tar::EntryType::Symlink, 0, 0o777);
-            b.append_link(&mut h, "link", outside.path()).unwrap();
-            let mut h = header(tar::EntryType::Regular, 1, 0o644);
-            b.append_data(&mut h, "link/pwned", &b"x"[..]).unwrap();
+            let mut h = header(tar::EntryType::Directory, 0, 0o755);
+            b.append_data(&mut h, "run/", &b""[..]).unwrap();
+            symlink(b, "var/run", "/run");
+            regular(b, "var/run/foo", b"foo");
+            // Hardlink whose target path goes through the symlink.
+            let mut h = header(tar::EntryType::Link, 0, 0o644);
+            b.append_link(&mut h, "var/run/hard", "var/run/foo")
+                .unwrap();
+            // Dangling absolute symlink: its missing directories are made inside the root.
+            symlink(b, "var/lock", "/run/lock/sub");
+            regular(b, "var/lock/x", b"x");
+            // Chains of absolute and relative symlinks.
+            symlink(b, "lib", "usr/lib");
+            symlink(b, "usr/lib64", "/lib");
+            regular(b, "usr/lib64/libc.so", b"libc");
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        unpack_layer(&data[..], r, UnpackOptions::default(), "sha256:x", 0).unwrap();
+        assert_eq!(
+            std::fs::read_link(r.join("var/run")).unwrap(),
+            Path::new("/run")
+        );
+        assert_eq!(std::fs::read(r.join("run/foo")).unwrap(), b"foo");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(r.join("run/hard")).unwrap().nlink(), 2);
+        assert_eq!(std::fs::read(r.join("run/lock/sub/x")).unwrap(), b"x");
+        assert!(
+            std::fs::symlink_metadata(r.join("var/lock"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read(r.join("usr/lib/libc.so")).unwrap(), b"libc");
+    }
+
+    #[test]
+    fn symlink_escapes_stay_in_root() {
+        let outside = tempfile::tempdir().unwrap();
+        let o = outside.path();
+        let rel_o = o.strip_prefix("/").unwrap();
+        let etc_name = format!("podvm-unpack-test-{}", std::process::id());
+        let data = tar_with(|b| {
+            symlink(b, "abs", o);
+            regular(b, "abs/pwned-abs", b"x");
+            symlink(b, "dotdot", Path::new("/../../..").join(rel_o));
+            regular(b, "dotdot/pwned-dotdot", b"x");
+            symlink(b, "up", "../../../../../../..");
+            regular(b, &format!("up/{}/pwned-up", rel_o.display()), b"x");
+            symlink(b, "evil", "/../../etc");
+            regular(b, &format!("evil/{etc_name}"), b"x");
+            // A symlink chain and a relative hop through an absolute one.
+            symlink(b, "hop", "/abs/../../../..");
+            regular(b, &format!("hop/{}/pwned-hop", rel_o.display()), b"x");
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path().join("root");
+        std::fs::create_dir(&r).unwrap();
+        let res = unpack_layer(&data[..], &r, UnpackOptions::default(), "sha256:x", 0);
+        let host_etc = Path::new("/etc").join(&etc_name);
+        let leaked = host_etc.exists();
+        let _ = std::fs::remove_file(&host_etc);
+        assert!(!leaked, "an entry was written to the host's /etc");
+        res.unwrap();
+        assert_eq!(
+            std::fs::read_dir(o).unwrap().count(),
+            0,
+            "written outside the root"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        for p in ["pwned-abs", "pwned-dotdot", "pwned-up", "pwned-hop"] {
+            assert!(
+                r.join(rel_o).join(p).is_file(),
+                "{p} is not inside the root"
+            );
+        }
+        assert!(r.join("etc").join(&etc_name).is_file());
+        // The symlinks themselves are stored as given.
+        assert_eq!(std::fs::read_link(r.join("abs")).unwrap(), o);
+    }
+
+    #[test]
+    fn hardlink_and_loops_cannot_reach_outside() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"host").unwrap();
+        let data = tar_with(|b| {
+            symlink(b, "abs", outside.path());
+            let mut h = header(tar::EntryType::Link, 0, 0o644);
+            b.append_link(&mut h, "stolen", "abs/secret").unwrap();
         });
         let dir = tempfile::tempdir().unwrap();
         let err = unpack_layer(
@@ -834,8 +1006,31 @@ mod tests {
             0,
         )
         .unwrap_err();
-        assert!(matches!(err, ImageError::SymlinkEscape { .. }), "{err}");
-        assert!(!outside.path().join("pwned").exists());
+        assert!(matches!(err, ImageError::Unpack { .. }), "{err}");
+        assert!(!dir.path().join("stolen").exists());
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(outside.path().join("secret"))
+                .unwrap()
+                .nlink(),
+            1
+        );
+
+        let data = tar_with(|b| {
+            symlink(b, "a", "/b");
+            symlink(b, "b", "a");
+            regular(b, "a/x", b"x");
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack_layer(
+            &data[..],
+            dir.path(),
+            UnpackOptions::default(),
+            "sha256:x",
+            0,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("symbolic links"), "{err}");
     }
 
     #[test]

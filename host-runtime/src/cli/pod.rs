@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use podvm_guest_agent::image::{ImagePuller, PullOptions};
 use podvm_guest_agent::pod_image::{split_host_port, url_host_port};
+use podvm_host_runtime::hypervisor::confidential;
 use podvm_host_runtime::hypervisor::qemu::QemuBackend;
 use podvm_host_runtime::launch::{EMULATED_FIRMWARE, TeeLaunch, TeeMode};
 use podvm_host_runtime::paths;
@@ -88,7 +89,8 @@ fn parse_env(env: &[String]) -> Result<Vec<(String, String)>> {
 pub struct Prepared {
     pub vm: VmConfig,
     pub pinned_image: String,
-    pub env: Vec<(String, String)>,
+    /// The container the pod runs.
+    pub container: pod::ContainerRun,
 }
 
 /// Resolves the image, builds the initdata and the VM configuration.
@@ -155,15 +157,31 @@ pub async fn prepare(args: &RunArgs) -> Result<Prepared> {
             psp_dir: paths::emulated_psp_dir(),
             firmware: args.vm.guest_dir.join(EMULATED_FIRMWARE),
         },
-        TeeMode::Snp | TeeMode::Tdx => bail!(
-            "--tee {} needs {} hardware, which this host does not have (no /dev/sev or TDX module); use --tee snp-emulated to run the same chain with an emulated PSP",
-            args.tee.as_str(),
-            if args.tee == TeeMode::Snp {
-                "AMD SEV-SNP"
+        TeeMode::Snp | TeeMode::Tdx => {
+            let tee = if args.tee == TeeMode::Snp {
+                confidential::Tee::Snp
             } else {
-                "Intel TDX"
+                confidential::Tee::Tdx
+            };
+            let qemu = QemuBackend::from_environment()?;
+            confidential::QemuVersion::probe(&qemu.qemu)?.require(tee)?;
+            let (device, what) = if tee == confidential::Tee::Snp {
+                ("/dev/sev", "AMD SEV-SNP")
+            } else {
+                ("/sys/firmware/tdx", "Intel TDX")
+            };
+            if !std::path::Path::new(device).exists() {
+                bail!(
+                    "--tee {}: this host has no {what} ({device} is missing); use --tee snp-emulated to run the same chain with an emulated PSP",
+                    args.tee.as_str()
+                );
             }
-        ),
+            bail!(
+                "--tee {}: the hardware launch (q35 + {} + bzImage) is not wired into `pod run` yet; its QEMU arguments are built by host-runtime/src/hypervisor/confidential.rs",
+                args.tee.as_str(),
+                tee.firmware()
+            )
+        }
     };
     vm.initdata = Some(initdata);
     // The guest reaches the KBS and the registry through the host's egress relay.
@@ -176,8 +194,13 @@ pub async fn prepare(args: &RunArgs) -> Result<Prepared> {
     vm.egress.push(format!("{host}:{port}"));
     Ok(Prepared {
         vm,
+        container: pod::ContainerRun {
+            pinned_image: pinned_image.clone(),
+            args: args.command.clone(),
+            env,
+            pull_timeout: std::time::Duration::from_secs(args.pull_timeout),
+        },
         pinned_image,
-        env,
     })
 }
 
@@ -213,12 +236,7 @@ pub async fn run(cmd: PodCommand) -> Result<()> {
     let outcome = pod::run(
         &prepared.vm,
         &qemu,
-        &pod::ContainerRun {
-            pinned_image: prepared.pinned_image.clone(),
-            args: args.command.clone(),
-            env: prepared.env.clone(),
-            pull_timeout: std::time::Duration::from_secs(args.pull_timeout),
-        },
+        &prepared.container,
         pod::Output {
             stdout: &mut stdout,
             stderr: &mut stderr,
