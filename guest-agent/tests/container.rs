@@ -512,14 +512,6 @@ async fn errors_are_one_actionable_line() {
     let (code, msg) = failure(pod.create("c4", no_root).await);
     assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
     assert!(msg.contains("PullImage"), "{msg}");
-    let req = CreateContainerRequest {
-        container_id: "c5".into(),
-        OCI: Some(pod.spec(&["true"])).into(),
-        sandbox_pidns: true,
-        ..Default::default()
-    };
-    let (code, msg) = failure(pod.api.create_container(ctx(), &req).await);
-    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED, "{msg}");
     let (code, msg) = failure(pod.start("c9").await);
     assert_eq!(
         (code, msg.as_str()),
@@ -552,4 +544,52 @@ async fn pulled_image_supplies_command_env_and_user() {
         (0, "hello from 1234 in /etc\n"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn sandbox_pidns_containers_share_one_pid_namespace() {
+    let pod = pod().await;
+    let create = |id: &'static str, args: &'static [&'static str]| CreateContainerRequest {
+        container_id: id.into(),
+        exec_id: id.into(),
+        OCI: Some(pod.spec(args)).into(),
+        sandbox_pidns: true,
+        ..Default::default()
+    };
+    // The first container's init is PID 1 of the pod's namespace.
+    pod.api
+        .create_container(ctx(), &create("first", &["sleep", "30"]))
+        .await
+        .expect("CreateContainer first");
+    pod.start("first").await.expect("StartContainer first");
+    // The second one joins it: it sees the first's init as PID 1 and is not PID 1 itself.
+    pod.api
+        .create_container(
+            ctx(),
+            &create(
+                "second",
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "echo pid=$$; cat /proc/1/cmdline | tr '\\0' ' '",
+                ],
+            ),
+        )
+        .await
+        .expect("CreateContainer second");
+    pod.start("second").await.expect("StartContainer second");
+    let stdout = pod.output("second", "", false).await;
+    assert_eq!(pod.wait("second", "").await, 0);
+    assert!(!stdout.contains("pid=1\n"), "{stdout}");
+    assert!(stdout.contains("sleep 30"), "{stdout}");
+    pod.remove("second", 0).await;
+    pod.signal("first", "", libc::SIGKILL).await;
+    assert_eq!(pod.wait("first", "").await, 137);
+    pod.remove("first", 0).await;
+    // A container without sandbox_pidns keeps its own namespace.
+    let (status, stdout, _) = pod
+        .run("alone", pod.spec(&["/bin/sh", "-c", "echo pid=$$"]))
+        .await;
+    assert_eq!((status, stdout.as_str()), (0, "pid=1\n"));
+    assert_eq!(pod.leaked_mounts(), Vec::<String>::new());
 }

@@ -221,6 +221,9 @@ pub struct Containers {
     config: ContainersConfig,
     images: Mutex<HashMap<String, PulledImage>>,
     containers: Mutex<HashMap<String, Slot>>,
+    /// The pod's shared PID namespace (`sandbox_pidns`): the container whose init created it, and
+    /// the namespace. Later `sandbox_pidns` containers join it; it ends with that init.
+    sandbox_pidns: Mutex<Option<(String, std::fs::File)>>,
 }
 
 /// Frees a `Creating` slot unless the container was registered.
@@ -244,6 +247,7 @@ impl Containers {
             config,
             images: Mutex::default(),
             containers: Mutex::default(),
+            sandbox_pidns: Mutex::default(),
         }
     }
 
@@ -279,11 +283,6 @@ impl Containers {
     pub async fn create(&self, req: &CreateContainerRequest) -> Result<(), ContainerError> {
         let id = req.container_id.as_str();
         check_id("container id", id)?;
-        if req.sandbox_pidns {
-            return Err(ContainerError::Unsupported(
-                "sandbox_pidns (one PID namespace for the pod's containers)",
-            ));
-        }
         // `storages` are mounted by the service before this (crate::storage).
         if !req.devices.is_empty() {
             return Err(ContainerError::Unsupported(
@@ -345,13 +344,24 @@ impl Containers {
         plan.init.bundle = bundle.clone();
         plan.init.cgroup2 = cgroup::is_cgroup2(&self.config.cgroup_root);
         plan.init.cgroup_procs = cgroup.as_ref().map(Cgroup::procs_file);
+        // One PID namespace for the pod's containers: join the first one's, if there is one.
+        let shared_pidns = if req.sandbox_pidns {
+            self.shared_pidns()
+        } else {
+            None
+        };
+        if shared_pidns.is_some() {
+            plan.unshare.remove(nix::sched::CloneFlags::CLONE_NEWPID);
+        }
         let spawned = runner::spawn(
             &self.config.helper,
             id,
             plan.unshare,
+            shared_pidns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
             HelperConfig::Init(Box::new(plan.init)),
         )
         .await;
+        drop(shared_pidns);
         let init = match spawned {
             Ok(p) => p,
             Err(e) => {
@@ -363,6 +373,18 @@ impl Containers {
             }
         };
         tracing::info!(container = id, pid = init.pid(), "container created");
+        if req.sandbox_pidns {
+            let mut shared = self.sandbox_pidns.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.is_none() {
+                match std::fs::File::open(format!("/proc/{}/ns/pid", init.pid())) {
+                    Ok(ns) => *shared = Some((id.to_string(), ns)),
+                    Err(e) => tracing::warn!(
+                        container = id,
+                        "cannot keep the pod's PID namespace ({e}); later containers get their own"
+                    ),
+                }
+            }
+        }
         let container = Arc::new(Container {
             bundle,
             init_exec_id: req.exec_id.clone(),
@@ -375,6 +397,12 @@ impl Containers {
         self.slots().insert(id.to_string(), Slot::Ready(container));
         reservation.done = true;
         Ok(())
+    }
+
+    /// A handle on the pod's shared PID namespace, if a `sandbox_pidns` container made one.
+    fn shared_pidns(&self) -> Option<std::fs::File> {
+        let shared = self.sandbox_pidns.lock().unwrap_or_else(|e| e.into_inner());
+        shared.as_ref().and_then(|(_, ns)| ns.try_clone().ok())
     }
 
     fn make_bundle(&self, id: &str) -> Result<PathBuf, ContainerError> {
@@ -444,6 +472,7 @@ impl Containers {
             &self.config.helper,
             id,
             nix::sched::CloneFlags::empty(),
+            None,
             HelperConfig::Exec(Box::new(config)),
         )
         .await?;
@@ -537,6 +566,13 @@ impl Containers {
     /// state directory and the registered image.
     pub async fn remove(&self, id: &str, timeout: u32) -> Result<(), ContainerError> {
         let container = self.get(id)?;
+        {
+            // The namespace ends with its first init: later containers start a new one.
+            let mut shared = self.sandbox_pidns.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.as_ref().is_some_and(|(owner, _)| owner == id) {
+                *shared = None;
+            }
+        }
         let mut phase = container.phase.lock().await;
         if *phase == Phase::Removed {
             return Err(ContainerError::NoSuchContainer);

@@ -104,14 +104,16 @@ fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// In the forked child, before exec: only async-signal-safe calls.
-fn pre_exec(control: RawFd, unshare: CloneFlags) -> io::Result<()> {
-    // SAFETY: fcntl/prctl/setsid/unshare on this process, no memory involved.
+/// In the forked child, before exec: only async-signal-safe calls. `join_pidns`: a PID namespace
+/// the helper's children join (the pod's shared one) instead of a new one.
+fn pre_exec(control: RawFd, unshare: CloneFlags, join_pidns: Option<RawFd>) -> io::Result<()> {
+    // SAFETY: fcntl/prctl/setsid/unshare/setns on this process, no memory involved.
     unsafe {
         if libc::fcntl(control, libc::F_SETFD, 0) < 0
             || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0
             || libc::setsid() < 0
             || (!unshare.is_empty() && libc::unshare(unshare.bits()) < 0)
+            || join_pidns.is_some_and(|fd| libc::setns(fd, libc::CLONE_NEWPID) < 0)
         {
             return Err(io::Error::last_os_error());
         }
@@ -125,6 +127,7 @@ pub async fn spawn(
     helper: &Path,
     container_id: &str,
     unshare: CloneFlags,
+    join_pidns: Option<RawFd>,
     config: HelperConfig,
 ) -> Result<Arc<Process>, RunnerError> {
     let is_init = matches!(config, HelperConfig::Init(_));
@@ -145,7 +148,7 @@ pub async fn spawn(
         .stderr(Stdio::from(stderr_w));
     // SAFETY: `pre_exec` makes only async-signal-safe calls.
     unsafe {
-        cmd.pre_exec(move || pre_exec(control_fd, unshare));
+        cmd.pre_exec(move || pre_exec(control_fd, unshare, join_pidns));
     }
     let mut child = cmd.spawn().map_err(|source| RunnerError::Spawn {
         helper: helper.to_path_buf(),
