@@ -163,9 +163,6 @@ fn main() {
             eprintln!("podvm-agent: fatal: {e:#}; powering off");
             init::power_off();
         }
-        if let Err(e) = init::install_ca_bundle(Path::new(init::CA_BUNDLE)) {
-            eprintln!("podvm-agent: warning: {e:#}; HTTPS to the KBS and registries will fail");
-        }
         std::panic::set_hook(Box::new(|info| {
             eprintln!("podvm-agent: fatal: {info}; powering off");
             init::power_off();

@@ -187,7 +187,19 @@ impl PodImages {
         &self.settings
     }
 
+    /// Before the first TLS client: the guest's CA bundle (written once, on demand, so a pod
+    /// that never pulls does not pay for it at boot).
+    fn ensure_ca_bundle() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if let Err(e) = crate::init::install_ca_bundle(Path::new(crate::init::CA_BUNDLE)) {
+                tracing::warn!("{e:#}; HTTPS to the KBS and registries will fail");
+            }
+        });
+    }
+
     async fn reach(&self, host: &str, port: u16) -> Result<(), PodImageError> {
+        Self::ensure_ca_bundle();
         if let Some(egress) = &self.egress {
             egress.ensure(host, port).await?;
         }
@@ -284,6 +296,7 @@ impl PodImages {
             concurrency: self.settings.concurrency.unwrap_or(3),
             ..Default::default()
         };
+        Self::ensure_ca_bundle();
         let mut puller = ImagePuller::new(self.store.join("store"), opts)?;
         if let Some(kbs) = self.kbs().await? {
             let fetcher = KbsFetcher(kbs.clone());

@@ -108,6 +108,35 @@ impl Agent {
             .register_image(container_id, pulled.rootfs, pulled.config);
     }
 
+    /// `ReadStdout` / `ReadStderr`: up to `len` bytes of a process's stream.
+    async fn read_stream(
+        &self,
+        req: ReadStreamRequest,
+        stderr: bool,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        self.gate.check(&req)?;
+        let (call, read) = if stderr {
+            (
+                "ReadStderr",
+                self.containers
+                    .read_stderr(&req.container_id, &req.exec_id, req.len as usize)
+                    .await,
+            )
+        } else {
+            (
+                "ReadStdout",
+                self.containers
+                    .read_stdout(&req.container_id, &req.exec_id, req.len as usize)
+                    .await,
+            )
+        };
+        let data = read.map_err(|e| container_error(call, &req.container_id, &req.exec_id, e))?;
+        Ok(ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
+    }
+
     /// The policy gate (tests, the request log).
     pub fn gate(&self) -> &PolicyGate {
         &self.gate
@@ -373,16 +402,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: ReadStreamRequest,
     ) -> ttrpc::Result<ReadStreamResponse> {
-        self.gate.check(&req)?;
-        let data = self
-            .containers
-            .read_stdout(&req.container_id, &req.exec_id, req.len as usize)
-            .await
-            .map_err(|e| container_error("ReadStdout", &req.container_id, &req.exec_id, e))?;
-        Ok(ReadStreamResponse {
-            data,
-            ..Default::default()
-        })
+        self.read_stream(req, false).await
     }
 
     async fn read_stderr(
@@ -390,16 +410,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: ReadStreamRequest,
     ) -> ttrpc::Result<ReadStreamResponse> {
-        self.gate.check(&req)?;
-        let data = self
-            .containers
-            .read_stderr(&req.container_id, &req.exec_id, req.len as usize)
-            .await
-            .map_err(|e| container_error("ReadStderr", &req.container_id, &req.exec_id, e))?;
-        Ok(ReadStreamResponse {
-            data,
-            ..Default::default()
-        })
+        self.read_stream(req, true).await
     }
 
     async fn close_stdin(

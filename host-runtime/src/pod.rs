@@ -218,11 +218,7 @@ impl Timeline {
     }
     fn add(&mut self, name: &'static str, start: Instant, end: Instant) {
         let (start_ms, end_ms) = (self.ms(start), self.ms(end));
-        self.phases.push(Phase {
-            name,
-            start_ms,
-            end_ms,
-        });
+        self.add_ms(name, start_ms, end_ms);
     }
     fn add_ms(&mut self, name: &'static str, start_ms: f64, end_ms: f64) {
         self.phases.push(Phase {
