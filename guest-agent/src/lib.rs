@@ -13,6 +13,7 @@
 //! - [`transport`]: how the host reaches the services (vsock, both directions; Unix socket for tests).
 
 pub mod container;
+pub mod copy_file;
 pub mod egress;
 pub mod emulated_tee;
 pub mod guest_info;

@@ -326,6 +326,22 @@ impl agent_ttrpc::AgentService for Agent {
             .remove(&req.container_id, req.timeout)
             .await
             .map_err(|e| container_error("RemoveContainer", &req.container_id, "", e))?;
+        // What the host copied in for this container (its root filesystem) goes with it.
+        if !req.container_id.is_empty()
+            && !req.container_id.contains('/')
+            && !req.container_id.starts_with('.')
+        {
+            let copied = std::path::Path::new(crate::copy_file::SHARED_DIR).join(&req.container_id);
+            if let Err(e) = std::fs::remove_dir_all(&copied)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(
+                    "RemoveContainer {}: removing {}: {e}",
+                    req.container_id,
+                    copied.display()
+                );
+            }
+        }
         Ok(Empty::new())
     }
 
@@ -377,7 +393,14 @@ impl agent_ttrpc::AgentService for Agent {
         req: StatsContainerRequest,
     ) -> ttrpc::Result<StatsContainerResponse> {
         self.gate.check(&req)?;
-        unimplemented("StatsContainer", LIFECYCLE)
+        let stats = self
+            .containers
+            .stats(&req.container_id)
+            .map_err(|e| container_error("StatsContainer", &req.container_id, "", e))?;
+        Ok(StatsContainerResponse {
+            cgroup_stats: Some(stats).into(),
+            ..Default::default()
+        })
     }
 
     async fn write_stdin(
@@ -432,12 +455,22 @@ impl agent_ttrpc::AgentService for Agent {
         req: TtyWinResizeRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check(&req)?;
-        unimplemented("TtyWinResize", LIFECYCLE)
+        self.containers
+            .resize_terminal(&req.container_id, &req.exec_id, req.row, req.column)
+            .map_err(|e| container_error("TtyWinResize", &req.container_id, &req.exec_id, e))?;
+        Ok(Empty::new())
     }
 
     async fn copy_file(&self, _ctx: &TtrpcContext, req: CopyFileRequest) -> ttrpc::Result<Empty> {
         self.gate.check(&req)?;
-        unimplemented("CopyFile", LIFECYCLE)
+        let shared = std::path::Path::new(crate::copy_file::SHARED_DIR);
+        tokio::task::spawn_blocking(move || crate::copy_file::copy_file(shared, &req))
+            .await
+            .map_err(|e| internal(format!("CopyFile: {e}")))?
+            .map_err(|e| {
+                ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), format!("CopyFile {e}")))
+            })?;
+        Ok(Empty::new())
     }
 
     async fn set_policy(&self, _ctx: &TtrpcContext, req: SetPolicyRequest) -> ttrpc::Result<Empty> {

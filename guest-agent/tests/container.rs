@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use podvm_guest_agent::container::{Containers, ContainersConfig, cgroup::CGROUP_ROOT};
+use podvm_guest_agent::container::{
+    Containers, ContainersConfig,
+    cgroup::{CGROUP_ROOT, is_cgroup2},
+};
 use podvm_guest_agent::service::Agent;
 use podvm_guest_agent::transport;
 use podvm_policy::AgentPolicy;
@@ -23,7 +26,8 @@ use ttrpc::r#async::{Client, Server};
 
 const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "id", "sleep", "mkdir", "hostname", "true",
+    "sh", "echo", "cat", "id", "sleep", "mkdir", "hostname", "true", "tty", "stty", "readlink",
+    "dd", "tr",
 ];
 
 /// Docker's default capabilities as a `CapEff` mask.
@@ -59,6 +63,11 @@ fn build_image(root: &Path) {
 }
 
 async fn pod() -> Pod {
+    pod_with_cgroups(Path::new(CGROUP_ROOT)).await
+}
+
+/// A pod whose containers get their cgroups below `cgroup_root`.
+async fn pod_with_cgroups(cgroup_root: &Path) -> Pod {
     assert!(
         nix::unistd::geteuid().is_root(),
         "the container tests run as root (namespaces, mounts)"
@@ -70,7 +79,7 @@ async fn pod() -> Pod {
     let containers = Containers::new(ContainersConfig {
         state_dir: state.clone(),
         helper: PathBuf::from(env!("CARGO_BIN_EXE_podvm-agent")),
-        cgroup_root: PathBuf::from(CGROUP_ROOT),
+        cgroup_root: cgroup_root.to_path_buf(),
     });
     let agent = Agent::with_containers(
         PathBuf::from("/"),
@@ -592,4 +601,345 @@ async fn sandbox_pidns_containers_share_one_pid_namespace() {
         .await;
     assert_eq!((status, stdout.as_str()), (0, "pid=1\n"));
     assert_eq!(pod.leaked_mounts(), Vec::<String>::new());
+}
+
+impl Pod {
+    async fn resize(&self, id: &str, exec_id: &str, row: u32, column: u32) -> ttrpc::Result<()> {
+        let req = TtyWinResizeRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            row,
+            column,
+            ..Default::default()
+        };
+        self.api.tty_win_resize(ctx(), &req).await.map(drop)
+    }
+
+    async fn write_stdin(&self, id: &str, exec_id: &str, data: &[u8]) -> ttrpc::Result<u32> {
+        let req = WriteStreamRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            data: data.to_vec(),
+            ..Default::default()
+        };
+        self.api.write_stdin(ctx(), &req).await.map(|r| r.len)
+    }
+
+    async fn close_stdin(&self, id: &str, exec_id: &str) {
+        let req = CloseStdinRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        self.api.close_stdin(ctx(), &req).await.unwrap();
+    }
+
+    /// Reads stdout until `needle` shows up (or EOF); everything read.
+    async fn output_until(&self, id: &str, exec_id: &str, needle: &str) -> String {
+        let mut out = Vec::new();
+        while !String::from_utf8_lossy(&out).contains(needle) {
+            let req = ReadStreamRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+                len: 4096,
+                ..Default::default()
+            };
+            match self.api.read_stdout(ctx(), &req).await {
+                Ok(r) => out.extend(r.data),
+                Err(e) => panic!(
+                    "{needle:?} never came: {e:?} after {:?}",
+                    String::from_utf8_lossy(&out)
+                ),
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    async fn stats(&self, id: &str) -> ttrpc::Result<CgroupStats> {
+        let req = StatsContainerRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        let resp = self.api.stats_container(ctx(), &req).await?;
+        Ok(resp.cgroup_stats.into_option().unwrap_or_default())
+    }
+}
+
+fn with_terminal(mut spec: Spec) -> Spec {
+    spec.Process.mut_or_insert_default().Terminal = true;
+    spec
+}
+
+#[tokio::test]
+async fn terminal_for_a_containers_init() {
+    let pod = pod().await;
+    let spec = with_terminal(pod.spec(&[
+        "sh",
+        "-c",
+        "readlink /proc/self/fd/0; stty size; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-tty; \
+         (exec 3</dev/tty) 2>/dev/null && echo ctty-ok; echo term=[$TERM]; echo err >&2; echo done",
+    ]));
+    pod.create("t1", spec).await.unwrap();
+    // The init waits for StartContainer: its terminal exists already.
+    pod.resize("t1", "", 40, 100).await.unwrap();
+    pod.start("t1").await.unwrap();
+    let stdout = pod.output("t1", "", false).await;
+    // The terminal merges stderr into stdout and turns \n into \r\n. fds 0-2 are a slave of
+    // the agent's devpts: `readlink` shows its /dev/pts path; `tty` (ttyname) would say "not a
+    // tty", as with Kata's agent, since the container's /dev/pts is a devpts of its own.
+    let lines: Vec<&str> = stdout.split("\r\n").collect();
+    assert!(lines[0].starts_with("/dev/pts/"), "{stdout:?}");
+    assert_eq!(
+        lines[1..].join("\n"),
+        "40 100\nall-tty\nctty-ok\nterm=[]\nerr\ndone\n",
+        "{stdout:?}"
+    );
+    assert_eq!(pod.output("t1", "", true).await, "");
+    assert_eq!(pod.wait("t1", "").await, 0);
+    pod.remove("t1", 0).await;
+
+    // Without a terminal: the resize is refused, and an unknown process is not found.
+    pod.create("plain", pod.spec(&["true"])).await.unwrap();
+    let (code, msg) = failure(pod.resize("plain", "", 24, 80).await);
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+    assert_eq!(
+        msg,
+        "TtyWinResize plain: the process has no terminal (it was not started with process.Terminal)"
+    );
+    let (code, msg) = failure(pod.resize("plain", "nope", 24, 80).await);
+    assert_eq!(
+        (code, msg.as_str()),
+        (
+            ttrpc::Code::NOT_FOUND,
+            "TtyWinResize plain/nope: no such process \"nope\""
+        )
+    );
+    let (code, _) = failure(pod.resize("ghost", "", 24, 80).await);
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
+    pod.remove("plain", 0).await;
+    assert_eq!(pod.leaked_mounts(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn terminal_for_an_exec_process() {
+    let pod = pod().await;
+    pod.create("app", pod.spec(&["sleep", "987661"]))
+        .await
+        .unwrap();
+    pod.start("app").await.unwrap();
+    let exec = |exec_id: &str, script: &str| ExecProcessRequest {
+        container_id: "app".into(),
+        exec_id: exec_id.into(),
+        process: Some(Process {
+            Args: vec!["sh".into(), "-c".into(), script.into()],
+            Env: vec!["PATH=/bin".into(), "TERM=xterm".into()],
+            Cwd: "/".into(),
+            Terminal: true,
+            ConsoleSize: Some(podvm_protocols::oci::Box {
+                Height: 30,
+                Width: 90,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    pod.api
+        .exec_process(
+            ctx(),
+            &exec(
+                "e1",
+                "stty size; readlink /proc/self/fd/1; echo term=$TERM; echo $$",
+            ),
+        )
+        .await
+        .unwrap();
+    let stdout = pod.output("app", "e1", false).await;
+    let lines: Vec<&str> = stdout.split("\r\n").collect();
+    assert_eq!(lines[0], "30 90", "{stdout:?}");
+    assert!(lines[1].starts_with("/dev/pts/"), "{stdout:?}");
+    assert_eq!(lines[2], "term=xterm", "{stdout:?}");
+    assert_ne!(lines[3], "1", "{stdout:?}");
+    assert_eq!(pod.output("app", "e1", true).await, "");
+    assert_eq!(pod.wait("app", "e1").await, 0);
+
+    // A resize while it runs reaches the process.
+    pod.api
+        .exec_process(ctx(), &exec("e2", "echo ready; read x; stty size"))
+        .await
+        .unwrap();
+    pod.output_until("app", "e2", "ready").await;
+    pod.resize("app", "e2", 50, 120).await.unwrap();
+    let (code, _) = failure(pod.resize("app", "e2", 70_000, 120).await);
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    pod.write_stdin("app", "e2", b"\n").await.unwrap();
+    let rest = pod.output("app", "e2", false).await;
+    assert!(rest.ends_with("50 120\r\n"), "{rest:?}");
+    assert_eq!(pod.wait("app", "e2").await, 0);
+    // The container's init has no terminal.
+    let (code, _) = failure(pod.resize("app", "", 24, 80).await);
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+    pod.signal("app", "", libc::SIGKILL).await;
+    pod.wait("app", "").await;
+    pod.remove("app", 0).await;
+}
+
+#[tokio::test]
+async fn terminal_stdin_write_and_close() {
+    let pod = pod().await;
+    pod.create(
+        "rd",
+        with_terminal(pod.spec(&["sh", "-c", "echo ready; read x; echo got:$x"])),
+    )
+    .await
+    .unwrap();
+    pod.start("rd").await.unwrap();
+    // stderr is at EOF at once, while the process still runs.
+    let stderr = tokio::time::timeout(Duration::from_secs(5), pod.output("rd", "", true))
+        .await
+        .expect("ReadStderr of a tty process waited");
+    assert_eq!(stderr, "");
+    pod.output_until("rd", "", "ready").await;
+    assert_eq!(pod.write_stdin("rd", "", b"hello\n").await.unwrap(), 6);
+    let out = pod.output("rd", "", false).await;
+    // The terminal echoes the input, then the answer.
+    assert_eq!(out, "hello\r\ngot:hello\r\n");
+    assert_eq!(pod.wait("rd", "").await, 0);
+    pod.remove("rd", 0).await;
+
+    // CloseStdin on a terminal sends its EOF character: `cat` ends.
+    pod.create("cat", with_terminal(pod.spec(&["cat"])))
+        .await
+        .unwrap();
+    pod.start("cat").await.unwrap();
+    pod.write_stdin("cat", "", b"abc\n").await.unwrap();
+    pod.output_until("cat", "", "abc\r\nabc\r\n").await;
+    pod.close_stdin("cat", "").await;
+    let status = tokio::time::timeout(Duration::from_secs(10), pod.wait("cat", ""))
+        .await
+        .expect("cat did not see the end of its input");
+    assert_eq!(status, 0);
+    let (code, msg) = failure(pod.write_stdin("cat", "", b"more").await);
+    assert_eq!(
+        (code, msg.as_str()),
+        (
+            ttrpc::Code::FAILED_PRECONDITION,
+            "WriteStdin cat: stdin is closed"
+        )
+    );
+    pod.remove("cat", 0).await;
+
+    // A write the process never reads fills the (raw) terminal and blocks; it ends with the
+    // process.
+    pod.create(
+        "deaf",
+        with_terminal(pod.spec(&["sh", "-c", "stty raw -echo; echo raw; sleep 2"])),
+    )
+    .await
+    .unwrap();
+    pod.start("deaf").await.unwrap();
+    pod.output_until("deaf", "", "raw").await;
+    let write = pod.write_stdin("deaf", "", &[b'x'; 512 << 10]);
+    let result = tokio::time::timeout(Duration::from_secs(15), write)
+        .await
+        .expect("WriteStdin outlived the process");
+    let (code, msg) = failure(result);
+    assert_eq!(
+        (code, msg.as_str()),
+        (
+            ttrpc::Code::FAILED_PRECONDITION,
+            "WriteStdin deaf: the process has exited (its terminal is closed)"
+        )
+    );
+    pod.close_stdin("deaf", "").await;
+    assert_eq!(pod.wait("deaf", "").await, 0);
+    pod.remove("deaf", 0).await;
+}
+
+/// A cgroup2 mount for the statistics test: the guest's `/sys/fs/cgroup`, or on a hybrid
+/// (cgroup v1) host its `unified` hierarchy.
+fn cgroup2_root() -> PathBuf {
+    [CGROUP_ROOT, "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| is_cgroup2(p))
+        .expect("no cgroup2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified")
+}
+
+#[tokio::test]
+async fn stats_of_a_running_container() {
+    let root = cgroup2_root();
+    let pod = pod_with_cgroups(&root).await;
+    pod.create(
+        "st",
+        pod.spec(&[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/shm/fill bs=1M count=16 2>/dev/null; echo filled; sleep 30",
+        ]),
+    )
+    .await
+    .unwrap();
+    pod.start("st").await.unwrap();
+    pod.output_until("st", "", "filled").await;
+    let stats = pod.stats("st").await.unwrap();
+    let cpu = &stats.cpu_stats.cpu_usage;
+    assert!(cpu.total_usage > 0, "{stats:?}");
+    assert!(cpu.total_usage >= cpu.usage_in_usermode, "{stats:?}");
+    assert!(
+        cpu.usage_in_usermode + cpu.usage_in_kernelmode > 0,
+        "{stats:?}"
+    );
+    // Memory and pids need their controllers, which a hybrid host keeps for cgroup v1.
+    let controllers =
+        std::fs::read_to_string(root.join("podvm/st/cgroup.controllers")).unwrap_or_default();
+    let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+    if has("memory") {
+        let m = &stats.memory_stats;
+        // 16 MiB of shmem in /dev/shm.
+        assert!(m.usage.usage >= 16 << 20, "{stats:?}");
+        assert_eq!(m.usage.limit, u64::MAX, "{stats:?}");
+        assert!(
+            m.stats.contains_key("anon") && m.stats.contains_key("file"),
+            "{stats:?}"
+        );
+    } else {
+        eprintln!(
+            "no memory controller in {}: memory not checked",
+            root.display()
+        );
+    }
+    if has("pids") {
+        assert!(stats.pids_stats.current >= 1, "{stats:?}");
+    } else {
+        eprintln!("no pids controller in {}: pids not checked", root.display());
+    }
+
+    let (code, msg) = failure(pod.stats("ghost").await);
+    assert_eq!(
+        (code, msg.as_str()),
+        (
+            ttrpc::Code::NOT_FOUND,
+            "StatsContainer ghost: no such container"
+        )
+    );
+    pod.signal("st", "", libc::SIGKILL).await;
+    assert_eq!(pod.wait("st", "").await, 137);
+    pod.remove("st", 0).await;
+    // The parent cgroup this test may have created (an empty directory).
+    if root != Path::new(CGROUP_ROOT) {
+        let _ = std::fs::remove_dir(root.join("podvm"));
+    }
+
+    // Where containers get no cgroup (not a cgroup2 mount), the call says why.
+    if !is_cgroup2(Path::new(CGROUP_ROOT)) {
+        let plain = self::pod().await;
+        plain.create("nocg", plain.spec(&["true"])).await.unwrap();
+        let (code, msg) = failure(plain.stats("nocg").await);
+        assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+        assert!(msg.contains("not a cgroup2 mount"), "{msg}");
+        plain.remove("nocg", 0).await;
+    }
 }

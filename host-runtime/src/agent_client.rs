@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use podvm_protocols::agent::{
-    CreateContainerRequest, DestroySandboxRequest, GuestDetailsRequest, GuestDetailsResponse,
-    PullImageRequest, PullImageResponse, ReadStreamRequest, RemoveContainerRequest,
-    SignalProcessRequest, StartContainerRequest, WaitProcessRequest,
+    CloseStdinRequest, CopyFileRequest, CreateContainerRequest, DestroySandboxRequest,
+    ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse, PullImageRequest,
+    PullImageResponse, ReadStreamRequest, RemoveContainerRequest, SignalProcessRequest,
+    StartContainerRequest, StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest,
+    WaitProcessRequest, WriteStreamRequest,
 };
 use podvm_protocols::agent_ttrpc::AgentServiceClient;
 use podvm_protocols::health::{CheckRequest, health_check_response::ServingStatus};
@@ -263,6 +265,92 @@ impl AgentClient {
         )
         .await
         .map(drop)
+    }
+
+    /// `ExecProcess`: starts another process in a running container.
+    pub async fn exec_process(&self, req: &ExecProcessRequest) -> Result<(), AgentError> {
+        self.call("ExecProcess", self.agent.exec_process(self.ctx(), req))
+            .await
+            .map(drop)
+    }
+
+    /// Writes to a process's stdin; returns how many bytes the agent took. Back-pressure: the
+    /// call waits while the process does not read, so it has no deadline.
+    pub async fn write_stdin(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        data: &[u8],
+    ) -> Result<usize, AgentError> {
+        let req = WriteStreamRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            data: data.to_vec(),
+            ..Default::default()
+        };
+        match self.agent.write_stdin(context::with_timeout(0), &req).await {
+            Ok(r) => Ok(r.len as usize),
+            Err(e) => Err(AgentError::Call {
+                call: "WriteStdin",
+                message: one_line(e),
+            }),
+        }
+    }
+
+    /// Closes a process's stdin (the process reads EOF).
+    pub async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<(), AgentError> {
+        let req = CloseStdinRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.call("CloseStdin", self.agent.close_stdin(self.ctx(), &req))
+            .await
+            .map(drop)
+    }
+
+    /// Resizes a process's terminal.
+    pub async fn tty_win_resize(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        rows: u32,
+        columns: u32,
+    ) -> Result<(), AgentError> {
+        let req = TtyWinResizeRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            row: rows,
+            column: columns,
+            ..Default::default()
+        };
+        self.call("TtyWinResize", self.agent.tty_win_resize(self.ctx(), &req))
+            .await
+            .map(drop)
+    }
+
+    /// A container's resource usage (its cgroup's counters).
+    pub async fn stats_container(
+        &self,
+        container_id: &str,
+    ) -> Result<StatsContainerResponse, AgentError> {
+        let req = StatsContainerRequest {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
+        self.call(
+            "StatsContainer",
+            self.agent.stats_container(self.ctx(), &req),
+        )
+        .await
+    }
+
+    /// `CopyFile`: one directory, symlink, or chunk of a regular file into the guest's shared
+    /// directory.
+    pub async fn copy_file(&self, req: &CopyFileRequest) -> Result<(), AgentError> {
+        self.call("CopyFile", self.agent.copy_file(self.ctx(), req))
+            .await
+            .map(drop)
     }
 }
 

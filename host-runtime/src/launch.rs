@@ -56,6 +56,21 @@ impl TeeMode {
     }
 }
 
+impl std::str::FromStr for TeeMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            TeeMode::None,
+            TeeMode::SnpEmulated,
+            TeeMode::Snp,
+            TeeMode::Tdx,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| format!("unknown TEE mode {s:?} (one of none, snp-emulated, snp, tdx)"))
+    }
+}
+
 /// What a confidential launch needs besides the VM itself.
 #[derive(Debug, Clone)]
 pub enum TeeLaunch {

@@ -8,9 +8,11 @@
 pub mod accel;
 pub mod agent_client;
 pub mod bench;
+pub mod cleanup;
 pub mod guest_image;
 pub mod guest_services;
 pub mod hypervisor;
+pub mod install;
 pub mod launch;
 pub mod paths;
 pub mod pod;

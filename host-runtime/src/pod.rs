@@ -81,6 +81,22 @@ pub fn initdata_entries(
     entries
 }
 
+/// The host services a confidential pod's guest may reach through the egress relay: the KBS
+/// and the registry of `image` (port 80 for a plain-HTTP registry, else 443).
+pub fn egress_allow_list(
+    kbs_url: &str,
+    image: &str,
+    insecure_registries: &[String],
+) -> Result<Vec<String>, String> {
+    use podvm_guest_agent::pod_image::{split_host_port, url_host_port};
+    let (host, port) = url_host_port(kbs_url)
+        .ok_or_else(|| format!("KBS URL {kbs_url:?} is not an http(s)://host[:port] URL"))?;
+    let registry = image.split('/').next().unwrap_or_default();
+    let insecure = insecure_registries.iter().any(|r| r == registry);
+    let (rhost, rport) = split_host_port(registry, if insecure { 80 } else { 443 });
+    Ok(vec![format!("{host}:{port}"), format!("{rhost}:{rport}")])
+}
+
 /// A Pod manifest for one container running `args` from `image` (pinned by digest).
 pub fn pod_manifest(image: &str, args: &[String], env: &[(String, String)]) -> String {
     let manifest = serde_json::json!({
@@ -394,6 +410,24 @@ async fn run_container(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_egress_allow_list_names_the_kbs_and_the_registry() {
+        assert_eq!(
+            egress_allow_list(
+                "http://127.0.0.1:8080",
+                "127.0.0.1:5000/app:1",
+                &["127.0.0.1:5000".to_string()]
+            )
+            .unwrap(),
+            ["127.0.0.1:8080", "127.0.0.1:5000"]
+        );
+        assert_eq!(
+            egress_allow_list("https://kbs.example", "registry.example/app", &[]).unwrap(),
+            ["kbs.example:443", "registry.example:443"]
+        );
+        assert!(egress_allow_list("kbs.example", "r/app", &[]).is_err());
+    }
 
     const IMAGE: &str = "127.0.0.1:5000/demo@sha256:0000000000000000000000000000000000000000000000000000000000000000";
 

@@ -83,19 +83,72 @@ fn read_pid(path: &Path) -> Option<i32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// Whether `pid` runs: it exists and is not a zombie (a crashed owner whose parent has not
+/// reaped it yet is dead for our purposes).
 fn is_alive(pid: i32) -> bool {
-    pid > 0
-        && !matches!(
+    if pid <= 0
+        || matches!(
             kill(Pid::from_raw(pid), None),
             Err(nix::errno::Errno::ESRCH)
         )
+    {
+        return false;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name (which may contain spaces).
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
+        Err(_) => true,
+    }
 }
 
-/// Removes the state directories whose owner is dead. Returns the ids removed.
-pub fn sweep_stale(root: &Path) -> Vec<String> {
-    let mut removed = Vec::new();
+/// A state directory whose owner process is dead (found by [`stale_dirs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleDir {
+    pub id: String,
+    pub path: PathBuf,
+    /// The dead owner's pid.
+    pub owner: i32,
+}
+
+/// A process recorded in a state directory (`<name>.pid`) that is running and whose command line
+/// names that directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedChild {
+    pub name: String,
+    pub pid: i32,
+}
+
+impl StaleDir {
+    /// The recorded processes of this directory that are still running (see
+    /// [`RecordedChild`]: a recycled pid of an unrelated process is never listed).
+    pub fn live_children(&self) -> Vec<RecordedChild> {
+        live_recorded_children(&self.path)
+    }
+
+    /// Kills [`Self::live_children`] (SIGKILL); returns them.
+    pub fn kill_children(&self) -> Vec<RecordedChild> {
+        let children = self.live_children();
+        for child in &children {
+            let _ = kill(Pid::from_raw(child.pid), Signal::SIGKILL);
+        }
+        children
+    }
+
+    /// Removes the directory and everything in it.
+    pub fn remove(&self) -> io::Result<()> {
+        fs::remove_dir_all(&self.path)
+    }
+}
+
+/// The state directories under `root` whose owner (`owner.pid`) is dead. A directory without an
+/// owner file is not podvm's to judge and is never listed.
+pub fn stale_dirs(root: &Path) -> Vec<StaleDir> {
+    let mut stale = Vec::new();
     let Ok(entries) = fs::read_dir(root) else {
-        return removed;
+        return stale;
     };
     for entry in entries.flatten() {
         let dir = entry.path();
@@ -105,19 +158,33 @@ pub fn sweep_stale(root: &Path) -> Vec<String> {
         if is_alive(owner) {
             continue;
         }
-        kill_recorded_children(&dir);
-        if fs::remove_dir_all(&dir).is_ok() {
-            removed.push(entry.file_name().to_string_lossy().into_owned());
-        }
+        stale.push(StaleDir {
+            id: entry.file_name().to_string_lossy().into_owned(),
+            path: dir,
+            owner,
+        });
     }
-    removed
+    stale.sort_by(|a, b| a.id.cmp(&b.id));
+    stale
 }
 
-/// Kills the processes recorded in `<dir>/*.pid` whose command line names `dir` (so a recycled
-/// pid of an unrelated process is never touched).
-fn kill_recorded_children(dir: &Path) {
+/// Removes the state directories whose owner is dead. Returns the ids removed.
+pub fn sweep_stale(root: &Path) -> Vec<String> {
+    stale_dirs(root)
+        .into_iter()
+        .filter_map(|dir| {
+            dir.kill_children();
+            dir.remove().is_ok().then_some(dir.id)
+        })
+        .collect()
+}
+
+/// The processes recorded in `<dir>/*.pid` whose command line names `dir` (so a recycled pid of
+/// an unrelated process is never touched).
+fn live_recorded_children(dir: &Path) -> Vec<RecordedChild> {
+    let mut children = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
-        return;
+        return children;
     };
     let needle = dir.to_string_lossy().into_owned();
     for entry in entries.flatten() {
@@ -128,10 +195,16 @@ fn kill_recorded_children(dir: &Path) {
             continue;
         }
         let Some(pid) = read_pid(&path) else { continue };
-        if command_line(pid).contains(&needle) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        if pid > 0 && command_line(pid).contains(&needle) {
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            children.push(RecordedChild { name, pid });
         }
     }
+    children.sort_by(|a, b| a.name.cmp(&b.name));
+    children
 }
 
 /// The command line of `pid` (empty if it is gone). A process caught in the middle of `execve`

@@ -1,12 +1,17 @@
-//! `containerd-shim-podvm-v2`: containerd's runtime v2 shim for podvm. Each task runs in a pod
-//! VM of its own (`ctr run --runtime io.containerd.podvm.v2 IMAGE ID CMD...`).
+//! `containerd-shim-podvm-v2`: containerd's runtime v2 shim for podvm. One shim and one pod VM
+//! per CRI sandbox (its containers join it); anything else (`ctr run`) gets a VM of its own.
 //!
-//! This first cut is the non-confidential path: containerd unpacks the image on the host and the
-//! shim hands the guest a read-only disk of the rootfs ([`rootfs`]). The confidential path (the
-//! image pulled, decrypted and unpacked inside the guest, as `podvm pod run` does) is not wired
-//! into the shim yet.
+//! - [`task`]: the task service over the pod VM's agent;
+//! - [`config`]: `/etc/podvm/configuration*.toml` (the runtime's `ConfigPath`);
+//! - [`spec`]: the OCI runtime spec → the agent's requests;
+//! - [`rootfs`]: containerd's rootfs → a read-only disk (the pod's first container) or
+//!   `CopyFile` (containers that join);
+//! - [`confidential`]: confidential pods, whose images are pulled inside the guest;
+//! - [`metrics`]: the agent's cgroup stats → containerd's metrics.
 
+mod confidential;
 mod config;
+mod metrics;
 mod rootfs;
 mod spec;
 mod task;
@@ -38,8 +43,14 @@ impl Shim for PodvmShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
-        // One shim (and VM) per task.
-        let grouping = opts.id.clone();
+        // One shim (and VM) per pod: the containers of a CRI sandbox share their sandbox's shim
+        // (containerd starts the shim in the bundle directory); anything else (`ctr run`) gets
+        // a VM of its own.
+        let grouping = std::fs::read("config.json")
+            .ok()
+            .and_then(|json| spec::annotations(&json).ok())
+            .and_then(|a| a.get(spec::CRI_SANDBOX_ID).cloned())
+            .unwrap_or_else(|| opts.id.clone());
         let address = containerd_shim::spawn(opts, &grouping, Vec::new()).await?;
         containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
         Ok(address)
@@ -61,9 +72,9 @@ impl Shim for PodvmShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        // A broken configuration fails each Create with its reason (no silent defaults).
-        let config = config::ShimConfig::load().map_err(|e| format!("{e:#}"));
-        task::TaskService::new(self.namespace.clone(), config, publisher, self.exit.clone())
+        // The configuration is read at Create, from the file containerd's runtime options name;
+        // a broken one fails that Create with its reason (no silent defaults).
+        task::TaskService::new(self.namespace.clone(), publisher, self.exit.clone())
     }
 }
 
@@ -77,4 +88,7 @@ async fn main() {
         ..Default::default()
     };
     containerd_shim::run::<PodvmShim>(RUNTIME_ID, Some(config)).await;
+    // Not returning from main: the runtime's drop would wait for blocking threads, and a FIFO
+    // open whose other side never came (a client that went away) blocks forever.
+    std::process::exit(0);
 }

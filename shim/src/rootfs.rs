@@ -5,11 +5,14 @@
 //! virtio-blk disk. The agent mounts it (a `Storage` of driver `blk`/`mmioblk`) and runs the
 //! container from it.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
 use containerd_shim::protos::api::Mount;
+use podvm_host_runtime::agent_client::AgentClient;
+use podvm_protocols::agent::CopyFileRequest;
 
 /// The disk image's name in the bundle.
 pub const IMAGE_FILE: &str = "podvm-rootfs.img";
@@ -97,6 +100,121 @@ pub fn build_image(tree: &Path, image: &Path) -> anyhow::Result<PathBuf> {
     Ok(image.to_path_buf())
 }
 
+/// Where a container that joins a running pod gets its copied root filesystem in the guest.
+pub fn guest_copied_rootfs(container_id: &str) -> String {
+    format!("/run/podvm/shared/{container_id}/rootfs")
+}
+
+/// How much one `CopyFile` carries.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// What [`copy_into_guest`] copied.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    pub entries: u64,
+    pub bytes: u64,
+    /// Device nodes, FIFOs and sockets: not copied (the guest's /dev is its own).
+    pub skipped: u64,
+}
+
+/// The entries of `tree`, parents before children, not following symlinks.
+fn walk(tree: &Path) -> std::io::Result<Vec<(PathBuf, std::fs::Metadata)>> {
+    let mut out = Vec::new();
+    let mut pending = vec![tree.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let meta = entry.path().symlink_metadata()?;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+            out.push((entry.path(), meta));
+        }
+    }
+    // Parents first: a directory's path is a prefix of its children's.
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Copies `tree` into the guest at `dest` (below the agent's shared directory) with `CopyFile`:
+/// directories, symlinks and regular files with their modes and owners. A container that joins
+/// a running pod VM gets its root filesystem this way (the VM's disks are fixed at boot).
+pub async fn copy_into_guest(
+    agent: &AgentClient,
+    tree: &Path,
+    dest: &str,
+) -> anyhow::Result<Copied> {
+    let entries = {
+        let tree = tree.to_path_buf();
+        tokio::task::spawn_blocking(move || walk(&tree)).await?
+    }
+    .with_context(|| format!("cannot read the rootfs {}", tree.display()))?;
+    let mut copied = Copied::default();
+    let base = |meta: &std::fs::Metadata, path: String| CopyFileRequest {
+        path,
+        file_mode: meta.mode(),
+        dir_mode: 0o755,
+        uid: meta.uid() as i32,
+        gid: meta.gid() as i32,
+        ..Default::default()
+    };
+    agent
+        .copy_file(&CopyFileRequest {
+            file_mode: libc::S_IFDIR | 0o755,
+            ..base(&std::fs::metadata(tree)?, dest.to_string())
+        })
+        .await?;
+    for (path, meta) in entries {
+        let relative = path.strip_prefix(tree).expect("below the tree");
+        let Some(relative) = relative.to_str() else {
+            log::warn!("skipping {}: not UTF-8", path.display());
+            copied.skipped += 1;
+            continue;
+        };
+        let guest = format!("{dest}/{relative}");
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            agent.copy_file(&base(&meta, guest)).await?;
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&path)?;
+            agent
+                .copy_file(&CopyFileRequest {
+                    data: target.as_os_str().as_encoded_bytes().to_vec(),
+                    ..base(&meta, guest)
+                })
+                .await?;
+        } else if kind.is_file() {
+            let data = tokio::fs::read(&path)
+                .await
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let size = data.len() as i64;
+            let mut offset = 0usize;
+            loop {
+                let end = (offset + COPY_CHUNK).min(data.len());
+                agent
+                    .copy_file(&CopyFileRequest {
+                        file_size: size,
+                        offset: offset as i64,
+                        data: data[offset..end].to_vec(),
+                        ..base(&meta, guest.clone())
+                    })
+                    .await?;
+                offset = end;
+                if offset >= data.len() {
+                    break;
+                }
+            }
+            copied.bytes += size as u64;
+        } else {
+            copied.skipped += 1;
+            continue;
+        }
+        copied.entries += 1;
+    }
+    Ok(copied)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +247,22 @@ mod tests {
                 "{listing}"
             );
         }
+    }
+
+    #[test]
+    fn a_walk_lists_parents_before_children_without_following_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path();
+        std::fs::create_dir_all(tree.join("b/c")).unwrap();
+        std::fs::write(tree.join("b/c/f"), b"x").unwrap();
+        std::fs::write(tree.join("a"), b"y").unwrap();
+        std::os::unix::fs::symlink("/", tree.join("b/root")).unwrap();
+        let names: Vec<_> = walk(tree)
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p.strip_prefix(tree).unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["a", "b", "b/c", "b/c/f", "b/root"]);
     }
 
     #[test]

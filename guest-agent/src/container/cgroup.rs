@@ -135,6 +135,11 @@ impl Cgroup {
         Ok(())
     }
 
+    /// The cgroup's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// `cgroup.procs`: writing a pid there moves the process in.
     pub fn procs_file(&self) -> PathBuf {
         self.dir.join("cgroup.procs")

@@ -18,7 +18,8 @@
 //!   process (which lands in the container's PID namespace), moves it into the cgroup, and the
 //!   child execs at once.
 //!
-//! Process settings, in order: signals reset, umask 022, cwd, rlimits, oom_score_adj, seccomp (if
+//! Process settings, in order: signals reset, a new session with the terminal as controlling
+//! terminal (`Process.Terminal`), umask 022, cwd, rlimits, oom_score_adj, seccomp (if
 //! `noNewPrivileges` is off: while CAP_SYS_ADMIN is still held, as runc), bounding set,
 //! groups/gid/uid (keeping the permitted set), effective/permitted/inheritable, ambient,
 //! `no_new_privs`, seccomp (if `noNewPrivileges`: the last thing before `execve`).
@@ -589,6 +590,12 @@ fn set_user_and_capabilities(p: &ProcessConfig) -> Result<(), String> {
 /// Applies the process settings and execs; returns only on failure, with one line.
 fn exec_process(p: &ProcessConfig) -> Result<Infallible, String> {
     reset_signals();
+    if p.terminal {
+        // fds 0–2 are the slave of the terminal the agent allocated (a descriptor: no path in
+        // this root is involved).
+        super::tty::make_controlling_terminal()
+            .map_err(|e| sys_msg("make the terminal the controlling terminal", e))?;
+    }
     umask(Mode::from_bits_truncate(0o022));
     std::env::set_current_dir(&p.cwd).map_err(|e| io_msg(format!("chdir to {:?}", p.cwd), &e))?;
     for r in &p.rlimits {

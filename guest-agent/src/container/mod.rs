@@ -6,7 +6,9 @@
 //! - [`runner`]: the agent's side of a process (the helper it re-executes, stdio, status);
 //! - [`helper`]: the helper (`podvm-agent __container-init`): namespaces, fork, exec;
 //! - [`rootfs`]: the container's root (overlay of the image, mounts, `pivot_root`);
-//! - [`stdio`]: bounded output buffers and stdin.
+//! - [`stdio`]: bounded output buffers and stdin;
+//! - [`tty`]: pseudo-terminals (`Process.Terminal`, `TtyWinResize`);
+//! - [`stats`]: `StatsContainer` from the container's cgroup v2 files.
 //!
 //! Lifecycle (Kata's): `CreateContainer` builds the container and leaves its PID 1 waiting
 //! before the user's command; `StartContainer` execs it; `ExecProcess` runs another process in
@@ -24,7 +26,9 @@ pub mod rootfs;
 pub mod runner;
 pub mod seccomp;
 pub mod spec;
+pub mod stats;
 pub mod stdio;
+pub mod tty;
 
 use std::collections::HashMap;
 use std::fs;
@@ -98,6 +102,19 @@ pub enum ContainerError {
     Stdin(#[from] stdio::StdinError),
     #[error("the processes did not end within {} s of SIGKILL", KILL_GRACE.as_secs())]
     KillTimeout,
+    #[error("the process has no terminal (it was not started with process.Terminal)")]
+    NoTerminal,
+    #[error("window size {rows}x{columns}: rows and columns must be at most 65535")]
+    BadWindowSize { rows: u32, columns: u32 },
+    #[error("set the terminal's window size: {0}")]
+    Resize(io::Error),
+    #[error(
+        "the container has no cgroup: {} is not a cgroup2 mount, so there are no statistics",
+        .0.display()
+    )]
+    NoCgroup(PathBuf),
+    #[error(transparent)]
+    Stats(#[from] stats::StatsError),
 }
 
 impl ContainerError {
@@ -105,16 +122,18 @@ impl ContainerError {
     pub fn code(&self) -> ttrpc::Code {
         use ContainerError::*;
         match self {
-            InvalidId { .. } | Missing(_) | BadSignal(_) | BadRootfs(_) => {
+            InvalidId { .. } | Missing(_) | BadSignal(_) | BadRootfs(_) | BadWindowSize { .. } => {
                 ttrpc::Code::INVALID_ARGUMENT
             }
             Spec(SpecError::Unsupported(_)) | Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
             Spec(_) => ttrpc::Code::INVALID_ARGUMENT,
             NoSuchContainer | NoSuchProcess(_) => ttrpc::Code::NOT_FOUND,
             ContainerExists | ProcessExists(_) => ttrpc::Code::ALREADY_EXISTS,
-            NoRootfs | State(_) | Stdin(stdio::StdinError::Closed) => {
-                ttrpc::Code::FAILED_PRECONDITION
-            }
+            NoRootfs
+            | State(_)
+            | Stdin(stdio::StdinError::Closed | stdio::StdinError::Exited)
+            | NoTerminal
+            | NoCgroup(_) => ttrpc::Code::FAILED_PRECONDITION,
             Eof => ttrpc::Code::OUT_OF_RANGE,
             Runner(RunnerError::Timeout(_)) | KillTimeout => ttrpc::Code::DEADLINE_EXCEEDED,
             _ => ttrpc::Code::INTERNAL,
@@ -533,6 +552,32 @@ impl Containers {
         Ok(())
     }
 
+    /// `TtyWinResize`: the window size of the process's terminal.
+    pub fn resize_terminal(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u32,
+        columns: u32,
+    ) -> Result<(), ContainerError> {
+        let process = self.get(id)?.process(exec_id)?;
+        let master = process.terminal().ok_or(ContainerError::NoTerminal)?;
+        let (Ok(r), Ok(c)) = (u16::try_from(rows), u16::try_from(columns)) else {
+            return Err(ContainerError::BadWindowSize { rows, columns });
+        };
+        tty::set_window_size(master, r, c).map_err(ContainerError::Resize)
+    }
+
+    /// `StatsContainer`: the container's cgroup statistics.
+    pub fn stats(&self, id: &str) -> Result<podvm_protocols::agent::CgroupStats, ContainerError> {
+        let container = self.get(id)?;
+        let cgroup = container
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| ContainerError::NoCgroup(self.config.cgroup_root.clone()))?;
+        Ok(stats::read_cgroup(cgroup.dir())?)
+    }
+
     /// `ReadStdout`: up to `len` bytes, waiting for some; [`ContainerError::Eof`] at the end.
     pub async fn read_stdout(
         &self,
@@ -547,7 +592,8 @@ impl Containers {
             .map_err(|_| ContainerError::Eof)
     }
 
-    /// `ReadStderr`: as [`Containers::read_stdout`].
+    /// `ReadStderr`: as [`Containers::read_stdout`]; at EOF at once for a process with a terminal
+    /// (its stderr is the terminal, read by `ReadStdout`).
     pub async fn read_stderr(
         &self,
         id: &str,

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 
 use super::helper::{Command, HELPER_SUBCOMMAND, HelperConfig, Report};
 use super::stdio::{OutputBuffer, Stdin, StdinError, StreamEnd};
+use super::tty;
 
 /// How long the helper may take to build the container (or start an exec) and report.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,6 +54,8 @@ pub enum RunnerError {
     Io(#[from] io::Error),
     #[error("the process was already started")]
     AlreadyStarted,
+    #[error("allocate a terminal (/dev/ptmx): {0}")]
+    Tty(io::Error),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +73,8 @@ pub struct Process {
     stdin: Stdin,
     stdout: Arc<OutputBuffer>,
     stderr: Arc<OutputBuffer>,
+    /// The master of its terminal, if it was started with one.
+    tty: Option<OwnedFd>,
     /// The write half of the control socket, until `Start` was sent.
     control: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
     started: watch::Receiver<StartState>,
@@ -121,6 +126,17 @@ fn pre_exec(control: RawFd, unshare: CloneFlags, join_pidns: Option<RawFd>) -> i
     Ok(())
 }
 
+/// The agent's ends of a process's stdio.
+enum AgentEnds {
+    Pipes {
+        stdin_w: OwnedFd,
+        stdout_r: OwnedFd,
+        stderr_r: OwnedFd,
+    },
+    /// The master of the process's terminal.
+    Terminal(OwnedFd),
+}
+
 /// Starts the helper for `config` and waits until the process is ready: built and waiting for
 /// [`Process::start`] (a container's init) or running (an exec).
 pub async fn spawn(
@@ -131,10 +147,33 @@ pub async fn spawn(
     config: HelperConfig,
 ) -> Result<Arc<Process>, RunnerError> {
     let is_init = matches!(config, HelperConfig::Init(_));
-    let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from);
-    let (stdin_r, stdin_w) = pipe()?;
-    let (stdout_r, stdout_w) = pipe()?;
-    let (stderr_r, stderr_w) = pipe()?;
+    let process = match &config {
+        HelperConfig::Init(c) => &c.process,
+        HelperConfig::Exec(c) => &c.process,
+    };
+    // The helper's fds 0–2 (the process's stdio) and the agent's ends.
+    let (child_stdio, agent_ends) = if process.terminal {
+        let pty = tty::open(process.console_size).map_err(RunnerError::Tty)?;
+        let slave = || pty.slave.try_clone().map_err(RunnerError::Tty);
+        (
+            [slave()?, slave()?, slave()?],
+            AgentEnds::Terminal(pty.master),
+        )
+    } else {
+        let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from);
+        let (stdin_r, stdin_w) = pipe()?;
+        let (stdout_r, stdout_w) = pipe()?;
+        let (stderr_r, stderr_w) = pipe()?;
+        (
+            [stdin_r, stdout_w, stderr_w],
+            AgentEnds::Pipes {
+                stdin_w,
+                stdout_r,
+                stderr_r,
+            },
+        )
+    };
+    let [stdin_r, stdout_w, stderr_w] = child_stdio;
     let (ctl_agent, ctl_helper) = std::os::unix::net::UnixStream::pair()?;
     let control_fd = ctl_helper.as_raw_fd();
 
@@ -240,12 +279,41 @@ pub async fn spawn(
         });
     });
 
+    let (stdin, stdout, stderr, tty) = match agent_ends {
+        AgentEnds::Pipes {
+            stdin_w,
+            stdout_r,
+            stderr_r,
+        } => (
+            Stdin::new(pipe::Sender::from_owned_fd(stdin_w)?),
+            OutputBuffer::spawn(pipe::Receiver::from_owned_fd(stdout_r)?),
+            OutputBuffer::spawn(pipe::Receiver::from_owned_fd(stderr_r)?),
+            None,
+        ),
+        AgentEnds::Terminal(master) => {
+            // A pty master polls like a pipe; reads fail with EIO once every slave is closed,
+            // which the output buffer takes as the end of the stream.
+            // Non-blocking, as the `_unchecked` constructors require (the dups share it).
+            tty::set_nonblocking(&master).map_err(RunnerError::Tty)?;
+            let dup = || master.try_clone().map_err(RunnerError::Tty);
+            let writer = Stdin::terminal(dup()?).map_err(RunnerError::Tty)?;
+            let reader =
+                pipe::Receiver::from_owned_fd_unchecked(dup()?).map_err(RunnerError::Tty)?;
+            (
+                writer,
+                OutputBuffer::spawn(reader),
+                OutputBuffer::ended(),
+                Some(master),
+            )
+        }
+    };
     Ok(Arc::new(Process {
         pid,
         pidfd,
-        stdin: Stdin::new(pipe::Sender::from_owned_fd(stdin_w)?),
-        stdout: OutputBuffer::spawn(pipe::Receiver::from_owned_fd(stdout_r)?),
-        stderr: OutputBuffer::spawn(pipe::Receiver::from_owned_fd(stderr_r)?),
+        stdin,
+        stdout,
+        stderr,
+        tty,
         control: tokio::sync::Mutex::new(is_init.then_some(writer)),
         started,
         exit,
@@ -328,12 +396,37 @@ impl Process {
         status.unwrap_or(LOST_STATUS)
     }
 
+    /// Writes to stdin. A terminal's master (unlike a pipe, which fails with EPIPE) takes
+    /// input after the process is gone until its buffer is full, then blocks for ever: there
+    /// the write ends with the process, as [`StdinError::Exited`].
     pub async fn write_stdin(&self, data: &[u8]) -> Result<usize, StdinError> {
-        self.stdin.write(data).await
+        if self.tty.is_none() {
+            return self.stdin.write(data).await;
+        }
+        if self.exit_status().is_some() {
+            if self.stdin.is_closed().await {
+                return Err(StdinError::Closed);
+            }
+            return Err(StdinError::Exited);
+        }
+        tokio::select! {
+            biased;
+            written = self.stdin.write(data) => written,
+            _ = self.wait() => Err(StdinError::Exited),
+        }
     }
 
+    /// Closes stdin: the pipe, or on a terminal writes its end-of-file character (unless the
+    /// process is gone) and refuses later writes.
     pub async fn close_stdin(&self) {
-        self.stdin.close().await
+        if self.tty.is_some() && self.exit_status().is_none() {
+            tokio::select! {
+                biased;
+                () = self.stdin.close() => return,
+                _ = self.wait() => {}
+            }
+        }
+        self.stdin.discard().await
     }
 
     pub async fn read_stdout(&self, max: usize) -> Result<Vec<u8>, StreamEnd> {
@@ -342,6 +435,11 @@ impl Process {
 
     pub async fn read_stderr(&self, max: usize) -> Result<Vec<u8>, StreamEnd> {
         self.stderr.read(max).await
+    }
+
+    /// The master of its terminal, if it has one.
+    pub fn terminal(&self) -> Option<&OwnedFd> {
+        self.tty.as_ref()
     }
 
     /// Exited, and its output was read to the end.

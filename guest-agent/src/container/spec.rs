@@ -89,6 +89,11 @@ pub struct ProcessConfig {
     pub no_new_privileges: bool,
     pub oom_score_adj: Option<i32>,
     pub seccomp: Option<SeccompProgram>,
+    /// `Process.Terminal`: the agent allocates a pseudo-terminal whose slave is the process's
+    /// stdin, stdout and stderr and its controlling terminal.
+    pub terminal: bool,
+    /// `Process.ConsoleSize` as (rows, columns): the terminal's initial window size.
+    pub console_size: Option<(u16, u16)>,
 }
 
 /// One mount of the container (destination inside the container).
@@ -213,11 +218,6 @@ pub fn plan_container(
         .Process
         .as_ref()
         .ok_or_else(|| invalid("OCI.Process is missing"))?;
-    if process.Terminal {
-        return Err(SpecError::Unsupported(
-            "OCI.Process.Terminal (a tty)".into(),
-        ));
-    }
     if let Some(hooks) = spec.Hooks.as_ref()
         && !(hooks.Prestart.is_empty() && hooks.Poststart.is_empty() && hooks.Poststop.is_empty())
     {
@@ -410,9 +410,6 @@ pub fn plan_exec(
     process: &Process,
     seccomp: Option<SeccompProgram>,
 ) -> Result<ProcessConfig, SpecError> {
-    if process.Terminal {
-        return Err(SpecError::Unsupported("process.Terminal (a tty)".into()));
-    }
     if process.Args.is_empty() {
         return Err(invalid("process.Args is empty"));
     }
@@ -493,7 +490,26 @@ fn process_config(
             .transpose()
             .map_err(|_| invalid("OCI.Process.OOMScoreAdj is out of range"))?,
         seccomp: None,
+        terminal: process.Terminal,
+        console_size: console_size(process)?,
     })
+}
+
+/// `Process.ConsoleSize` of a terminal process, unless absent or 0x0.
+fn console_size(process: &Process) -> Result<Option<(u16, u16)>, SpecError> {
+    let Some(size) = process.ConsoleSize.as_ref().filter(|_| process.Terminal) else {
+        return Ok(None);
+    };
+    if size.Height == 0 && size.Width == 0 {
+        return Ok(None);
+    }
+    match (u16::try_from(size.Height), u16::try_from(size.Width)) {
+        (Ok(rows), Ok(columns)) => Ok(Some((rows, columns))),
+        _ => Err(invalid(format!(
+            "OCI.Process.ConsoleSize {}x{} is larger than 65535x65535",
+            size.Height, size.Width
+        ))),
+    }
 }
 
 /// `base` overlaid by `overlay`: a name set in both keeps its place and takes the overlay's value.
@@ -934,5 +950,44 @@ mod tests {
         });
         let e = plan_container(&secret_env, Path::new("/"), None).unwrap_err();
         assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn terminal_processes_keep_their_env_and_size() {
+        let tty = |size: Option<(u32, u32)>| Process {
+            Args: vec!["sh".into()],
+            Env: vec!["PATH=/bin".into()],
+            Terminal: true,
+            ConsoleSize: size
+                .map(|(h, w)| podvm_protocols::oci::Box {
+                    Height: h,
+                    Width: w,
+                    ..Default::default()
+                })
+                .into(),
+            ..Default::default()
+        };
+        let plan = plan_container(&spec_with(tty(Some((40, 100)))), Path::new("/"), None).unwrap();
+        assert!(plan.init.process.terminal);
+        assert_eq!(plan.init.process.console_size, Some((40, 100)));
+        // No TERM unless the spec sets one.
+        assert_eq!(plan.init.process.env, ["PATH=/bin"]);
+
+        let exec = plan_exec(&tty(None), None).unwrap();
+        assert!(exec.terminal);
+        assert_eq!(exec.console_size, None);
+        assert_eq!(
+            plan_exec(&tty(Some((0, 0))), None).unwrap().console_size,
+            None
+        );
+        let e = plan_exec(&tty(Some((70_000, 80))), None).unwrap_err();
+        assert!(e.to_string().contains("ConsoleSize"), "{e}");
+
+        let no_tty = Process {
+            Terminal: false,
+            ..tty(Some((40, 100)))
+        };
+        let exec = plan_exec(&no_tty, None).unwrap();
+        assert_eq!((exec.terminal, exec.console_size), (false, None));
     }
 }

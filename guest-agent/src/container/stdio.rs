@@ -8,9 +8,12 @@
 //! host's copy loop ends on that error).
 
 use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
@@ -83,6 +86,13 @@ impl OutputBuffer {
         }
     }
 
+    /// A stream that has already ended (the stderr of a process with a terminal).
+    pub fn ended() -> Arc<Self> {
+        let buffer = OutputBuffer::default();
+        buffer.lock().eof = true;
+        Arc::new(buffer)
+    }
+
     /// Up to `max` bytes (at least one), waiting for them; [`StreamEnd`] once all was read.
     pub async fn read(&self, max: usize) -> Result<Vec<u8>, StreamEnd> {
         let max = if max == 0 { CHUNK } else { max };
@@ -113,9 +123,66 @@ impl OutputBuffer {
     }
 }
 
-/// The write end of a process's stdin.
+/// The write end of a process's stdin: a pipe, or the master of its terminal.
 pub struct Stdin {
-    pipe: tokio::sync::Mutex<Option<pipe::Sender>>,
+    pipe: tokio::sync::Mutex<Option<Writer>>,
+}
+
+enum Writer {
+    Pipe(pipe::Sender),
+    /// The master of a terminal (non-blocking): [`Stdin::close`] writes its end-of-file
+    /// character.
+    Terminal(AsyncFd<OwnedFd>),
+}
+
+/// Writes all of `data` to a terminal's master. Once every slave is closed the master polls
+/// hung up yet its writes fail with EAGAIN (not EPIPE) for ever: that is
+/// [`StdinError::Exited`], not a reason to wait.
+async fn write_terminal(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> Result<(), StdinError> {
+    while !data.is_empty() {
+        let mut guard = master.writable().await?;
+        let written = guard.try_io(|fd| {
+            // SAFETY: write(2) from a live slice to a descriptor we own.
+            let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match written {
+            Ok(Ok(n)) => data = &data[n..],
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Err(StdinError::Exited),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_would_block) if slave_closed(master.get_ref()) => {
+                return Err(StdinError::Exited);
+            }
+            Err(_would_block) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether the master polls hung up: every slave descriptor is closed.
+fn slave_closed(master: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: master.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll(2) of one `pollfd` that lives across the call, without waiting.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & libc::POLLHUP != 0
+}
+
+impl Writer {
+    async fn write_all(&mut self, data: &[u8]) -> Result<(), StdinError> {
+        match self {
+            Writer::Pipe(pipe) => Ok(pipe.write_all(data).await?),
+            Writer::Terminal(master) => write_terminal(master, data).await,
+        }
+    }
 }
 
 /// Writing to a stdin that was closed.
@@ -123,15 +190,29 @@ pub struct Stdin {
 pub enum StdinError {
     #[error("stdin is closed")]
     Closed,
+    #[error("the process has exited (its terminal is closed)")]
+    Exited,
     #[error("write to stdin: {0}")]
-    Io(#[from] std::io::Error),
+    Io(#[from] io::Error),
 }
 
 impl Stdin {
     pub fn new(pipe: pipe::Sender) -> Self {
         Stdin {
-            pipe: tokio::sync::Mutex::new(Some(pipe)),
+            pipe: tokio::sync::Mutex::new(Some(Writer::Pipe(pipe))),
         }
+    }
+
+    /// The master of a terminal, set non-blocking (registered with the current runtime).
+    pub fn terminal(master: OwnedFd) -> io::Result<Self> {
+        // SAFETY: an `OwnedFd` is a valid descriptor that stays open, and refers to the same
+        // file, for as long as the `AsyncFd` owning it exists.
+        let master =
+            unsafe { AsyncFd::register_with_interest(master, tokio::io::Interest::WRITABLE) }
+                .map_err(io::Error::from)?;
+        Ok(Stdin {
+            pipe: tokio::sync::Mutex::new(Some(Writer::Terminal(master))),
+        })
     }
 
     /// Writes all of `data` (waiting while the pipe is full); returns its length.
@@ -142,8 +223,29 @@ impl Stdin {
         Ok(data.len())
     }
 
-    /// Closes the pipe: the process reads end of file.
+    /// Closes the pipe: the process reads end of file. On a terminal, writes its end-of-file
+    /// character instead (a read at the start of a line returns end of file; after a partial
+    /// line it ends that line first) and refuses later writes; the terminal stays open.
+    /// (The character is the terminal's `VEOF` at this moment, ^D unless the process changed
+    /// it; in raw mode it is just a byte.)
     pub async fn close(&self) {
+        let mut pipe = self.pipe.lock().await;
+        if let Some(Writer::Terminal(master)) = pipe.as_mut() {
+            let eof = super::tty::eof_char(master.get_ref());
+            if let Err(e) = write_terminal(master, &[eof]).await {
+                tracing::debug!(error = %e, "write the terminal's end-of-file character");
+            }
+        }
+        pipe.take();
+    }
+
+    /// Whether it was closed.
+    pub async fn is_closed(&self) -> bool {
+        self.pipe.lock().await.is_none()
+    }
+
+    /// Closes without writing anything (the process is gone).
+    pub async fn discard(&self) {
         self.pipe.lock().await.take();
     }
 }

@@ -1,9 +1,12 @@
 //! The `podvm` command line (clap derive; errors are one line via anyhow).
 
 mod attest;
+mod bench_ctr;
+mod cleanup;
 mod demo;
 mod image;
 mod image_pull;
+mod install;
 mod kbs;
 mod measure;
 mod pod;
@@ -54,6 +57,15 @@ enum Command {
     /// Confidential pods: run one end to end.
     #[command(subcommand)]
     Pod(pod::PodCommand),
+    /// Register podvm with a container runtime (containerd's CRI config, shim configuration).
+    #[command(subcommand)]
+    Install(install::InstallCommand),
+    /// Remove podvm's registration from a container runtime.
+    #[command(subcommand)]
+    Uninstall(install::UninstallCommand),
+    /// Remove a crashed node's leftovers: state directories whose owner is dead, their VMM
+    /// processes and mounts. Running VMs are left alone.
+    Cleanup(cleanup::CleanupArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -119,5 +131,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Kbs(args) => kbs::run(args).await,
         Command::Policy(args) => policy::run(args),
         Command::Pod(cmd) => pod::run(cmd).await,
+        Command::Install(cmd) => install::install(cmd),
+        Command::Uninstall(cmd) => install::uninstall(cmd),
+        Command::Cleanup(args) => cleanup::run(args),
     }
 }

@@ -100,6 +100,10 @@ pub enum BenchCommand {
         #[command(flatten)]
         vm: VmArgs,
     },
+    /// containerd's `ctr run` → first output line: podvm's shim next to runc and to the bare
+    /// VM boot of the same kernel (needs a containerd with podvm registered:
+    /// `scripts/containerd-test start`).
+    Ctr(super::bench_ctr::CtrBenchArgs),
 }
 
 pub async fn run(cmd: VmCommand) -> Result<()> {
@@ -216,6 +220,7 @@ pub async fn bench(cmd: BenchCommand) -> Result<()> {
     let (runs, vm, json) = match cmd {
         BenchCommand::Boot { runs, vm, json } => (runs, vm, json),
         BenchCommand::Pod { runs, vm } => return super::demo::bench(runs, vm).await,
+        BenchCommand::Ctr(args) => return super::bench_ctr::bench(args).await,
     };
     let config = vm.config();
     let qemu = QemuBackend::from_environment()?;
