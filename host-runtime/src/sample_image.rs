@@ -41,6 +41,28 @@ fn header(path: &str, mode: u32, kind: tar::EntryType, size: u64) -> tar::Header
     h
 }
 
+/// Writes the sample image as an OCI layout tarball at `tarball` (what `ctr image import`
+/// takes), built in `work` (created if missing).
+pub fn write_tarball(work: &Path, tarball: &Path, secret: &str) -> std::io::Result<()> {
+    let layout = work.join("layout");
+    std::fs::create_dir_all(&layout)?;
+    build_layout(&layout, secret)?;
+    let status = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(tarball)
+        .arg(".")
+        .status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "tar of {} failed ({status})",
+            layout.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes an OCI image layout with the tag `latest` at `layout`; `secret` goes to
 /// [`SECRET_PATH`]. Returns the manifest digest.
 pub fn build_layout(layout: &Path, secret: &str) -> std::io::Result<String> {

@@ -112,19 +112,9 @@ impl Containerd {
     /// Imports the busybox sample image as [`IMAGE`].
     fn import_busybox(&self) {
         let work = tempfile::tempdir().unwrap();
-        let layout = work.path().join("layout");
-        std::fs::create_dir_all(&layout).unwrap();
-        podvm_host_runtime::sample_image::build_layout(&layout, "shim-test").unwrap();
         let tarball = work.path().join("busybox.tar");
-        let tar = Command::new("tar")
-            .arg("-C")
-            .arg(&layout)
-            .arg("-cf")
-            .arg(&tarball)
-            .arg(".")
-            .status()
+        podvm_host_runtime::sample_image::write_tarball(work.path(), &tarball, "shim-test")
             .unwrap();
-        assert!(tar.success());
         let import = self.ctr(&[
             "image",
             "import",
@@ -138,6 +128,32 @@ impl Containerd {
             text(&import.stdout),
             text(&import.stderr)
         );
+    }
+
+    /// `ctr run -d` of `cmd` (a shell command line) with `extra` flags, until it runs.
+    fn run_detached(&self, id: &str, extra: &[&str], cmd: &str) {
+        let mut args = vec!["run", "-d", "--runtime", "io.containerd.podvm.v2"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, id, "/bin/sh", "-c", cmd]);
+        let out = self.ctr(&args);
+        assert!(
+            out.status.success(),
+            "ctr run -d {id}: {}{}; containerd log:\n{}",
+            text(&out.stdout),
+            text(&out.stderr),
+            self.log()
+        );
+        self.wait_status(id, "RUNNING");
+    }
+
+    /// `ctr task kill -s SIGKILL`, then the task and the container deleted.
+    fn kill_and_remove(&self, id: &str) {
+        let kill = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        assert!(kill.status.success(), "{}", text(&kill.stderr));
+        self.wait_status(id, "STOPPED");
+        self.ctr(&["task", "delete", id]);
+        let rm = self.ctr(&["container", "delete", id]);
+        assert!(rm.status.success(), "{}", text(&rm.stderr));
     }
 
     /// The tasks `ctr task ls` lists: id → (pid, status).
@@ -286,25 +302,7 @@ fn ctr_run_runs_the_container_in_a_pod_vm() {
 fn ctr_task_exec_runs_in_the_pod_vm_and_kill_delete_leave_nothing() {
     let containerd = Containerd::start();
     containerd.import_busybox();
-    let run = containerd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.podvm.v2",
-        IMAGE,
-        "e1",
-        "/bin/sh",
-        "-c",
-        "echo started; sleep 600",
-    ]);
-    assert!(
-        run.status.success(),
-        "ctr run -d: {}{}; containerd log:\n{}",
-        text(&run.stdout),
-        text(&run.stderr),
-        containerd.log()
-    );
-    containerd.wait_status("e1", "RUNNING");
+    containerd.run_detached("e1", &[], "echo started; sleep 600");
 
     // An exec: output from the guest, exit code back.
     let exec = containerd.ctr(&[
@@ -489,16 +487,11 @@ fn five_pods_run_at_once_and_a_killed_vmm_ends_only_its_pod() {
             text(&exec.stderr)
         );
     }
-    for id in &ids {
-        if id != "p3" {
-            let kill = containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-            assert!(kill.status.success(), "{}", text(&kill.stderr));
-            containerd.wait_status(id, "STOPPED");
-            containerd.ctr(&["task", "delete", id]);
-        }
-        let rm = containerd.ctr(&["container", "delete", id]);
-        assert!(rm.status.success(), "{}", text(&rm.stderr));
+    for id in ids.iter().filter(|id| *id != "p3") {
+        containerd.kill_and_remove(id);
     }
+    let rm = containerd.ctr(&["container", "delete", "p3"]);
+    assert!(rm.status.success(), "{}", text(&rm.stderr));
     containerd.assert_nothing_left();
 }
 
@@ -507,28 +500,9 @@ fn containers_of_one_cri_sandbox_share_its_pod_vm() {
     let containerd = Containerd::start();
     containerd.import_busybox();
     let run = |id: &str, kind: &str, cmd: &str| {
-        let out = containerd.ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            "io.containerd.podvm.v2",
-            "--annotation",
-            &format!("io.kubernetes.cri.container-type={kind}"),
-            "--annotation",
-            "io.kubernetes.cri.sandbox-id=pod1",
-            IMAGE,
-            id,
-            "/bin/sh",
-            "-c",
-            cmd,
-        ]);
-        assert!(
-            out.status.success(),
-            "ctr run {id}: {}; containerd log:\n{}",
-            text(&out.stderr),
-            containerd.log()
-        );
-        containerd.wait_status(id, "RUNNING");
+        let kind = format!("io.kubernetes.cri.container-type={kind}");
+        let sandbox = "io.kubernetes.cri.sandbox-id=pod1";
+        containerd.run_detached(id, &["--annotation", &kind, "--annotation", sandbox], cmd);
     };
     run("pod1", "sandbox", "sleep 600");
     run("app1", "container", "sleep 600");
@@ -560,12 +534,7 @@ fn containers_of_one_cri_sandbox_share_its_pod_vm() {
 
     // A container's end leaves the pod running; the pod ends with its last container.
     for id in ["app1", "pod1", "app2"] {
-        let kill = containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-        assert!(kill.status.success(), "{}", text(&kill.stderr));
-        containerd.wait_status(id, "STOPPED");
-        containerd.ctr(&["task", "delete", id]);
-        let rm = containerd.ctr(&["container", "delete", id]);
-        assert!(rm.status.success(), "{}", text(&rm.stderr));
+        containerd.kill_and_remove(id);
         if id == "app1" {
             assert_eq!(containerd.tasks()["app2"].1, "RUNNING");
             assert_eq!(boot_id("app2"), pod_boot);
@@ -675,19 +644,7 @@ fn a_confidential_pod_runs_the_image_pulled_in_the_guest_not_the_hosts_copy() {
 fn a_crashed_shim_takes_its_vm_along_and_containerd_reports_the_exit() {
     let containerd = Containerd::start();
     containerd.import_busybox();
-    let run = containerd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.podvm.v2",
-        IMAGE,
-        "crash1",
-        "/bin/sh",
-        "-c",
-        "sleep 600",
-    ]);
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    containerd.wait_status("crash1", "RUNNING");
+    containerd.run_detached("crash1", &[], "sleep 600");
     let vmm = containerd.tasks()["crash1"].0;
     let shims = processes_mentioning(&format!("-id crash1 -address {} ", containerd.socket));
     assert_eq!(shims.len(), 1, "{shims:?}");
@@ -765,19 +722,7 @@ fn ctr_run_and_exec_with_a_terminal() {
     assert!(out.contains("40 100"), "{out:?}");
     assert!(out.contains("is-a-terminal"), "{out:?}");
 
-    let bg = containerd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.podvm.v2",
-        IMAGE,
-        "tty2",
-        "/bin/sh",
-        "-c",
-        "sleep 600",
-    ]);
-    assert!(bg.status.success(), "{}", text(&bg.stderr));
-    containerd.wait_status("tty2", "RUNNING");
+    containerd.run_detached("tty2", &[], "sleep 600");
     // (ctr resizes an exec's terminal only after it started it: give that a moment.)
     let exec = ctr_in_terminal(
         "task exec -t --exec-id t1 tty2 /bin/sh -c '[ -t 0 ] && echo exec-terminal; sleep 2; stty size; exit 6'",
@@ -791,11 +736,6 @@ fn ctr_run_and_exec_with_a_terminal() {
     );
     assert!(out.contains("exec-terminal"), "{out:?}");
     assert!(out.contains("40 100"), "{out:?}");
-    let kill = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "tty2"]);
-    assert!(kill.status.success(), "{}", text(&kill.stderr));
-    containerd.wait_status("tty2", "STOPPED");
-    containerd.ctr(&["task", "delete", "tty2"]);
-    let rm = containerd.ctr(&["container", "delete", "tty2"]);
-    assert!(rm.status.success(), "{}", text(&rm.stderr));
+    containerd.kill_and_remove("tty2");
     containerd.assert_nothing_left();
 }

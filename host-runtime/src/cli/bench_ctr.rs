@@ -52,21 +52,9 @@ fn import_image(address: &Path) -> Result<()> {
 }
 
 fn import_image_via(address: &Path, work: &Path) -> Result<()> {
-    let layout = work.join("layout");
-    std::fs::create_dir_all(&layout)?;
-    podvm_host_runtime::sample_image::build_layout(&layout, "podvm bench ctr")?;
     let tarball = work.join("image.tar");
-    let tar = Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&tarball)
-        .arg(".")
-        .status()
-        .context("cannot run tar")?;
-    if !tar.success() {
-        bail!("tar of the sample image failed");
-    }
+    podvm_host_runtime::sample_image::write_tarball(work, &tarball, "podvm bench ctr")
+        .context("build the sample image")?;
     let out = ctr(address)
         .args([
             "image",

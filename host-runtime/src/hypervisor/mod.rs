@@ -3,6 +3,7 @@
 //! [`crate::vsock`]); everything above this module is backend-agnostic.
 
 pub mod confidential;
+pub mod kvm;
 pub mod qemu;
 
 use std::path::PathBuf;

@@ -1,0 +1,372 @@
+//! podvm's built-in microVM monitor on KVM (first cut): guest memory laid out like a PC, a vCPU
+//! entered directly in 64-bit mode, COM1 and the i8042 reset line on the port-I/O bus, and a
+//! vCPU thread that always ends — by a guest reset, a clear error, or the caller's deadline.
+//! It runs freestanding payloads ([`test_guest`]); loading Linux is the next step (see
+//! `README.md` next to this file).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use podvm_host_runtime::hypervisor::kvm::{KvmVm, cpu::PAYLOAD_START, test_guest};
+//!
+//! let report = KvmVm::builder()
+//!     .memory_mib(16)
+//!     .payload(test_guest::HELLO.to_vec(), PAYLOAD_START)
+//!     .serial(Box::new(std::io::stdout()))
+//!     .build()?
+//!     .run(Duration::from_secs(5))?;
+//! println!("{report:?}");
+//! # Ok::<(), podvm_host_runtime::hypervisor::kvm::KvmVmError>(())
+//! ```
+
+pub mod bus;
+pub mod cpu;
+pub mod error;
+pub mod memory;
+pub mod serial;
+pub mod test_guest;
+pub mod vcpu;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::signal::Killable;
+
+pub use error::{KvmVmError, Result};
+
+use bus::PioBus;
+use cpu::BootEntry;
+use error::ioctl;
+use serial::{FirstByteWriter, SerialDevice, SerialOut};
+use vcpu::VcpuStop;
+
+/// The KVM device opened unless [`KvmVmBuilder::kvm_device`] says otherwise.
+pub const KVM_DEVICE: &str = "/dev/kvm";
+/// Default guest memory.
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+/// How often the controller re-checks the stop flag and deadline, and re-kicks a vCPU that is
+/// being stopped.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// How long a vCPU thread may take to leave `KVM_RUN` once kicked before it is abandoned.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How a VM ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest asked for a reset through the i8042 (port 0x64 ← 0xfe).
+    Reset,
+    /// [`StopHandle::stop`] was called.
+    Stopped,
+}
+
+/// What [`KvmVm::run`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitReport {
+    pub reason: ExitReason,
+    /// From the start of [`KvmVmBuilder::build`] (before `KVM_CREATE_VM`) to the first byte the
+    /// guest wrote to the serial port: the first observable effect of guest code. `None` if it
+    /// wrote nothing.
+    pub first_output: Option<Duration>,
+    /// From the start of `build` to the vCPU thread's end.
+    pub total: Duration,
+}
+
+/// Stops a running [`KvmVm`] from another thread.
+#[derive(Debug, Clone)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    /// Asks the VM to stop; [`KvmVm::run`] then returns [`ExitReason::Stopped`].
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Configures a [`KvmVm`].
+pub struct KvmVmBuilder {
+    kvm_device: PathBuf,
+    memory_mib: u64,
+    payload: Option<(Vec<u8>, GuestAddress)>,
+    serial: Option<SerialOut>,
+}
+
+impl KvmVmBuilder {
+    /// The KVM device node (default [`KVM_DEVICE`]).
+    pub fn kvm_device(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kvm_device = path.into();
+        self
+    }
+
+    /// Guest memory in MiB (default [`DEFAULT_MEMORY_MIB`]); above 3 GiB it continues at 4 GiB.
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Freestanding 64-bit code, loaded at `load_addr` and entered there in long mode.
+    pub fn payload(mut self, bytes: Vec<u8>, load_addr: GuestAddress) -> Self {
+        self.payload = Some((bytes, load_addr));
+        self
+    }
+
+    /// Where COM1's output goes (default: discarded).
+    pub fn serial(mut self, out: SerialOut) -> Self {
+        self.serial = Some(out);
+        self
+    }
+
+    /// Creates the VM and its vCPU, loads the payload and sets up the 64-bit entry.
+    pub fn build(self) -> Result<KvmVm> {
+        let created = Instant::now();
+        let (payload, load_addr) = self
+            .payload
+            .ok_or_else(|| KvmVmError::Config("no payload given".into()))?;
+        check_payload_placement(load_addr, payload.len(), self.memory_mib)?;
+
+        // Declared before the VM so that, on an early return, the VM fd closes first.
+        let memory = memory::allocate(self.memory_mib)?;
+        let kvm = open_kvm(&self.kvm_device)?;
+        let vm = kvm
+            .create_vm()
+            .map_err(|source| KvmVmError::KvmUnavailable {
+                what: "KVM_CREATE_VM".into(),
+                source,
+            })?;
+        memory::register(&vm, &memory)?;
+        memory
+            .write_slice(&payload, load_addr)
+            .map_err(|e| KvmVmError::GuestMemoryWrite {
+                what: "payload",
+                addr: load_addr.0,
+                reason: e.to_string(),
+            })?;
+
+        let vcpu = vm
+            .create_vcpu(0)
+            .map_err(|source| KvmVmError::KvmUnavailable {
+                what: "KVM_CREATE_VCPU".into(),
+                source,
+            })?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+        cpu::setup_long_mode(&vcpu, &memory, BootEntry::at(load_addr))?;
+
+        let writer = FirstByteWriter::new(self.serial.unwrap_or_else(|| Box::new(std::io::sink())));
+        let first_byte = writer.first_byte();
+        let bus = PioBus::new(SerialDevice::new(writer)?);
+        vcpu::install_kick_handler()?;
+        Ok(KvmVm {
+            vcpu,
+            bus,
+            vm,
+            memory,
+            _kvm: kvm,
+            stop: Arc::new(AtomicBool::new(false)),
+            first_byte,
+            created,
+        })
+    }
+}
+
+fn open_kvm(path: &Path) -> Result<Kvm> {
+    let unavailable = |source| KvmVmError::KvmUnavailable {
+        what: format!("open {}", path.display()),
+        source,
+    };
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| unavailable(kvm_ioctls::Error::new(libc::EINVAL)))?;
+    Kvm::new_with_path(c_path).map_err(unavailable)
+}
+
+/// The payload must sit in low RAM, above the boot structures, inside the identity map.
+fn check_payload_placement(load_addr: GuestAddress, len: usize, memory_mib: u64) -> Result<()> {
+    let ram = memory::ram_ranges(memory_mib)?;
+    let low_end = ram[0].0.0 + ram[0].1 as u64;
+    let end = load_addr.0.checked_add(len as u64);
+    let ok = len > 0
+        && load_addr >= cpu::PAYLOAD_START
+        && end.is_some_and(|end| end <= low_end && end <= cpu::PD_COUNT << 30);
+    if ok {
+        Ok(())
+    } else {
+        Err(KvmVmError::Config(format!(
+            "payload of {len} bytes at {:#x} must lie in {:#x}..{low_end:#x}",
+            load_addr.0,
+            cpu::PAYLOAD_START.0
+        )))
+    }
+}
+
+/// A VM ready to run: one vCPU in 64-bit mode at the payload's entry.
+pub struct KvmVm {
+    // Field order is drop order: the vCPU and VM file descriptors close before the guest memory
+    // they point into is unmapped.
+    vcpu: VcpuFd,
+    bus: PioBus,
+    vm: VmFd,
+    memory: GuestMemoryMmap,
+    _kvm: Kvm,
+    stop: Arc<AtomicBool>,
+    first_byte: Arc<OnceLock<Instant>>,
+    created: Instant,
+}
+
+impl std::fmt::Debug for KvmVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmVm")
+            .field("created", &self.created)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the vCPU thread owns; dropped in field order when it ends.
+struct VcpuThread {
+    vcpu: VcpuFd,
+    bus: PioBus,
+    _vm: VmFd,
+    _memory: GuestMemoryMmap,
+    _kvm: Kvm,
+}
+
+impl KvmVm {
+    pub fn builder() -> KvmVmBuilder {
+        KvmVmBuilder {
+            kvm_device: PathBuf::from(KVM_DEVICE),
+            memory_mib: DEFAULT_MEMORY_MIB,
+            payload: None,
+            serial: None,
+        }
+    }
+
+    /// A handle that stops this VM while [`KvmVm::run`] runs it.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(Arc::clone(&self.stop))
+    }
+
+    /// Runs the vCPU on a thread of its own until the guest resets (`Ok`), fails (`Err` naming
+    /// the exit and RIP), the stop handle is used (`Ok`, [`ExitReason::Stopped`]) or `deadline`
+    /// (counted from now) passes ([`KvmVmError::DeadlineExceeded`]). The VM is stopped and its
+    /// thread joined before this returns, unless the thread does not leave `KVM_RUN` within a
+    /// grace period, in which case it is abandoned (it still owns the guest memory, so nothing
+    /// is unmapped under it).
+    pub fn run(self, deadline: Duration) -> Result<ExitReport> {
+        let KvmVm {
+            vcpu,
+            bus,
+            vm,
+            memory,
+            _kvm,
+            stop,
+            first_byte,
+            created,
+        } = self;
+        let started = Instant::now();
+        let (tx, rx) = mpsc::channel();
+        let thread_stop = Arc::clone(&stop);
+        let mut owned = VcpuThread {
+            vcpu,
+            bus,
+            _vm: vm,
+            _memory: memory,
+            _kvm,
+        };
+        let handle = std::thread::Builder::new()
+            .name("podvm-vcpu0".into())
+            .spawn(move || {
+                let result = vcpu::run_loop(&mut owned.vcpu, &mut owned.bus, &thread_stop);
+                let ended = Instant::now();
+                drop(owned);
+                let _ = tx.send((result, ended));
+            })
+            .map_err(KvmVmError::Thread)?;
+
+        let mut deadline_hit = false;
+        let mut kicking_since: Option<Instant> = None;
+        let (result, ended) = loop {
+            match rx.recv_timeout(POLL_INTERVAL) {
+                Ok(report) => break report,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let why = match handle.join() {
+                        Err(panic) => panic_message(&panic),
+                        Ok(()) => "it exited without reporting".to_string(),
+                    };
+                    return Err(KvmVmError::VcpuThreadLost(why));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if !deadline_hit && started.elapsed() >= deadline {
+                deadline_hit = true;
+                stop.store(true, Ordering::SeqCst);
+            }
+            if stop.load(Ordering::SeqCst) {
+                let since = *kicking_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > STOP_GRACE {
+                    return Err(if deadline_hit {
+                        KvmVmError::DeadlineExceeded { deadline }
+                    } else {
+                        KvmVmError::VcpuThreadLost(format!(
+                            "it did not leave KVM_RUN within {STOP_GRACE:?} of a stop request"
+                        ))
+                    });
+                }
+                // A kick that lands outside KVM_RUN is lost; repeat until the thread reports.
+                let _ = handle.kill(vcpu::kick_signal());
+            }
+        };
+        let _ = handle.join();
+        let stop_reason = result?;
+        if deadline_hit && stop_reason == VcpuStop::Stopped {
+            return Err(KvmVmError::DeadlineExceeded { deadline });
+        }
+        Ok(ExitReport {
+            reason: match stop_reason {
+                VcpuStop::Reset => ExitReason::Reset,
+                VcpuStop::Stopped => ExitReason::Stopped,
+            },
+            first_output: first_byte.get().map(|t| t.duration_since(created)),
+            total: ended.duration_since(created),
+        })
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("it panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("it panicked: {s}")
+    } else {
+        "it panicked".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_requires_a_payload() {
+        let err = KvmVm::builder().build().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid VM configuration: no payload given"
+        );
+    }
+
+    #[test]
+    fn payload_must_not_overlap_boot_structures_or_leave_ram() {
+        assert!(check_payload_placement(cpu::PAYLOAD_START, 100, 16).is_ok());
+        assert!(check_payload_placement(GuestAddress(0x9000), 100, 16).is_err());
+        assert!(check_payload_placement(cpu::PAYLOAD_START, 0, 16).is_err());
+        assert!(check_payload_placement(GuestAddress(16 << 20), 1, 16).is_err());
+        assert!(check_payload_placement(GuestAddress((16 << 20) - 1), 1, 16).is_ok());
+    }
+}
