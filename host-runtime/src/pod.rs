@@ -88,13 +88,22 @@ pub fn egress_allow_list(
     image: &str,
     insecure_registries: &[String],
 ) -> Result<Vec<String>, String> {
-    use podvm_guest_agent::pod_image::{split_host_port, url_host_port};
-    let (host, port) = url_host_port(kbs_url)
+    let (host, port) = podvm_guest_agent::pod_image::url_host_port(kbs_url)
         .ok_or_else(|| format!("KBS URL {kbs_url:?} is not an http(s)://host[:port] URL"))?;
+    Ok(vec![
+        format!("{host}:{port}"),
+        registry_endpoint(image, insecure_registries),
+    ])
+}
+
+/// `host:port` of the registry of `image` (or of a registry name): port 80 for a plain-HTTP
+/// registry, else 443, unless the name has one.
+pub fn registry_endpoint(image: &str, insecure_registries: &[String]) -> String {
     let registry = image.split('/').next().unwrap_or_default();
     let insecure = insecure_registries.iter().any(|r| r == registry);
-    let (rhost, rport) = split_host_port(registry, if insecure { 80 } else { 443 });
-    Ok(vec![format!("{host}:{port}"), format!("{rhost}:{rport}")])
+    let (host, port) =
+        podvm_guest_agent::pod_image::split_host_port(registry, if insecure { 80 } else { 443 });
+    format!("{host}:{port}")
 }
 
 /// A Pod manifest for one container running `args` from `image` (pinned by digest).

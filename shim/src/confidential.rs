@@ -91,13 +91,9 @@ pub async fn start(
         pod::egress_allow_list(&shim.tee.kbs_url, image, &shim.tee.insecure_registries)
             .map_err(anyhow::Error::msg)?;
     for registry in &shim.tee.insecure_registries {
-        let with_port = if registry.contains(':') {
-            registry.clone()
-        } else {
-            format!("{registry}:80")
-        };
-        if !egress.contains(&with_port) {
-            egress.push(with_port);
+        let endpoint = pod::registry_endpoint(registry, &shim.tee.insecure_registries);
+        if !egress.contains(&endpoint) {
+            egress.push(endpoint);
         }
     }
     config.egress = egress.clone();
@@ -120,9 +116,8 @@ pub async fn pull(
 ) -> anyhow::Result<()> {
     let image = image_of(annotations)?;
     let shim = &pod.shim;
-    let wanted = pod::egress_allow_list(&shim.tee.kbs_url, image, &shim.tee.insecure_registries)
-        .map_err(anyhow::Error::msg)?;
-    if let Some(registry) = wanted.get(1).filter(|r| !pod.egress.contains(r)) {
+    let registry = pod::registry_endpoint(image, &shim.tee.insecure_registries);
+    if !pod.egress.contains(&registry) {
         bail!(
             "image {image}: its registry {registry} is not reachable from this pod (reachable: {}); a pod pulls from its first container's registry and tee.insecure_registries",
             pod.egress.join(", ")

@@ -130,6 +130,8 @@ enum RootSource {
 /// One container: its bundle and processes.
 struct Container {
     bundle: PathBuf,
+    /// The bundle's `config.json`, read once at Create.
+    config_json: Vec<u8>,
     root: RootSource,
     processes: BTreeMap<String, Process>,
 }
@@ -519,14 +521,12 @@ impl TaskService {
     async fn start_vm(
         &self,
         req: &CreateTaskRequest,
+        annotations: &BTreeMap<String, String>,
     ) -> anyhow::Result<(Vm, Option<confidential::ConfidentialPod>)> {
         let config_path = config_path_from_options(req.options.as_ref());
         let shim = ShimConfig::load(config_path.as_deref())?;
         let bundle = Path::new(&req.bundle);
-        let config_json = std::fs::read(bundle.join("config.json"))
-            .map_err(|e| anyhow::anyhow!("cannot read the bundle's config.json: {e}"))?;
-        let annotations = spec::annotations(&config_json)?;
-        let resources = shim.pod_resources(&annotations)?;
+        let resources = shim.pod_resources(annotations)?;
         let image = GuestImage::new(&shim.vm.guest_dir);
         let mut config = VmConfig::with_guest_image(&image);
         config.vcpus = resources.vcpus;
@@ -537,8 +537,8 @@ impl TaskService {
         match shim.tee_mode() {
             TeeMode::None => {}
             TeeMode::SnpEmulated => {
-                let (vm, pod) = confidential::start(&shim, config, &annotations, &backend).await?;
-                confidential::pull(&vm, &pod, &req.id, &annotations).await?;
+                let (vm, pod) = confidential::start(&shim, config, annotations, &backend).await?;
+                confidential::pull(&vm, &pod, &req.id, annotations).await?;
                 return Ok((vm, Some(pod)));
             }
             mode => anyhow::bail!(
@@ -674,16 +674,14 @@ impl Task for TaskService {
                 "podvm: restoring a checkpoint is not supported",
             ));
         }
-        let annotations = std::fs::read(Path::new(&req.bundle).join("config.json"))
-            .map_err(|e| internal("podvm: reading the bundle's config.json", e))
-            .and_then(|json| {
-                spec::annotations(&json)
-                    .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, format!("podvm: {e:#}")))
-            })?;
+        let config_json = std::fs::read(Path::new(&req.bundle).join("config.json"))
+            .map_err(|e| internal("podvm: reading the bundle's config.json", e))?;
+        let annotations = spec::annotations(&config_json)
+            .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, format!("podvm: {e:#}")))?;
         let sandbox_id = annotations.get(spec::CRI_SANDBOX_ID).cloned();
         let mut pod = self.pod.lock().await;
         let pid = if pod.containers.is_empty() && pod.vm.is_none() {
-            let (vm, confidential) = self.start_vm(&req).await.map_err(|e| {
+            let (vm, confidential) = self.start_vm(&req, &annotations).await.map_err(|e| {
                 let _ = std::fs::remove_file(Path::new(&req.bundle).join(rootfs::IMAGE_FILE));
                 internal(&format!("podvm: starting the VM for {}", req.id), e)
             })?;
@@ -704,6 +702,7 @@ impl Task for TaskService {
                 req.id.clone(),
                 Container {
                     bundle: PathBuf::from(&req.bundle),
+                    config_json: config_json.clone(),
                     root,
                     processes: BTreeMap::new(),
                 },
@@ -755,6 +754,7 @@ impl Task for TaskService {
                 req.id.clone(),
                 Container {
                     bundle: PathBuf::from(&req.bundle),
+                    config_json: config_json.clone(),
                     root,
                     processes: BTreeMap::new(),
                 },
@@ -804,8 +804,6 @@ impl Task for TaskService {
                 Machine::Q35 => "blk",
             };
             let container = &pod.containers[&req.id];
-            let config_json = std::fs::read(container.bundle.join("config.json"))
-                .map_err(|e| internal("podvm: reading the bundle's config.json", e))?;
             let root = match container.root {
                 RootSource::Disk => spec::GuestRoot::Disk {
                     disk: ROOTFS_DISK,
@@ -814,7 +812,7 @@ impl Task for TaskService {
                 RootSource::Copied => spec::GuestRoot::Copied,
                 RootSource::Pulled => spec::GuestRoot::Pulled,
             };
-            let request = spec::create_container_request(&req.id, &config_json, root)
+            let request = spec::create_container_request(&req.id, &container.config_json, root)
                 .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, format!("podvm: {e:#}")))?;
             agent
                 .create_container(&request)

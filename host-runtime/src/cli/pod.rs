@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use podvm_guest_agent::image::{ImagePuller, PullOptions};
-use podvm_guest_agent::pod_image::{split_host_port, url_host_port};
 use podvm_host_runtime::hypervisor::confidential;
 use podvm_host_runtime::hypervisor::qemu::QemuBackend;
 use podvm_host_runtime::launch::{EMULATED_FIRMWARE, TeeLaunch, TeeMode};
@@ -185,13 +184,14 @@ pub async fn prepare(args: &RunArgs) -> Result<Prepared> {
     };
     vm.initdata = Some(initdata);
     // The guest reaches the KBS and the registry through the host's egress relay.
-    if let Some(url) = &args.kbs {
-        let (host, port) = url_host_port(url)
-            .with_context(|| format!("--kbs {url:?} is not an http(s)://host:port URL"))?;
-        vm.egress.push(format!("{host}:{port}"));
-    }
-    let (host, port) = split_host_port(&registry, if insecure { 80 } else { 443 });
-    vm.egress.push(format!("{host}:{port}"));
+    vm.egress = match &args.kbs {
+        Some(url) => pod::egress_allow_list(url, &args.image, &args.insecure_registries)
+            .map_err(|e| anyhow::anyhow!("--kbs: {e}"))?,
+        None => vec![pod::registry_endpoint(
+            &args.image,
+            &args.insecure_registries,
+        )],
+    };
     Ok(Prepared {
         vm,
         container: pod::ContainerRun {
