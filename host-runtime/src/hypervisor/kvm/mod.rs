@@ -22,9 +22,11 @@ pub mod bus;
 pub mod cpu;
 pub mod error;
 pub mod memory;
+pub mod mmio;
 pub mod serial;
 pub mod test_guest;
 pub mod vcpu;
+pub mod virtio;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -35,8 +37,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 pub use error::{KvmVmError, Result};
@@ -44,8 +47,12 @@ pub use error::{KvmVmError, Result};
 use bus::PioBus;
 use cpu::BootEntry;
 use error::ioctl;
+use mmio::MmioBus;
 use serial::{FirstByteWriter, SerialDevice, SerialOut};
 use vcpu::VcpuStop;
+use virtio::VirtioDevice;
+use virtio::mmio::{MmioTransport, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, reg};
+use virtio::vsock::VsockDevice;
 
 /// The KVM device opened unless [`KvmVmBuilder::kvm_device`] says otherwise.
 pub const KVM_DEVICE: &str = "/dev/kvm";
@@ -95,6 +102,7 @@ pub struct KvmVmBuilder {
     memory_mib: u64,
     payload: Option<(Vec<u8>, GuestAddress)>,
     serial: Option<SerialOut>,
+    vsock: Option<(u64, PathBuf)>,
 }
 
 impl KvmVmBuilder {
@@ -122,6 +130,15 @@ impl KvmVmBuilder {
         self
     }
 
+    /// A virtio-vsock device (the first virtio-mmio device, at [`VIRTIO_MMIO_BASE`], GSI
+    /// [`VIRTIO_IRQ_BASE`]) for guest CID `cid`, whose host side is the hybrid Unix socket at
+    /// `uds_path` (see [`virtio::vsock`]); the socket is bound by [`Self::build`] and removed when
+    /// the VM ends.
+    pub fn vsock(mut self, cid: u64, uds_path: impl Into<PathBuf>) -> Self {
+        self.vsock = Some((cid, uds_path.into()));
+        self
+    }
+
     /// Creates the VM and its vCPU, loads the payload and sets up the 64-bit entry.
     pub fn build(self) -> Result<KvmVm> {
         let created = Instant::now();
@@ -140,6 +157,15 @@ impl KvmVmBuilder {
                 source,
             })?;
         memory::register(&vm, &memory)?;
+        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        if let Some((cid, path)) = &self.vsock {
+            devices.push(Box::new(VsockDevice::new(*cid, path)?));
+        }
+        if !devices.is_empty() {
+            // The IOAPIC the devices' GSIs are pins of (and a LAPIC per vCPU); before any vCPU.
+            vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+        }
+        let mmio = attach_virtio_mmio(&vm, &memory, devices)?;
         memory
             .write_slice(&payload, load_addr)
             .map_err(|e| KvmVmError::GuestMemoryWrite {
@@ -167,6 +193,7 @@ impl KvmVmBuilder {
         Ok(KvmVm {
             vcpu,
             bus,
+            mmio,
             vm,
             memory,
             _kvm: kvm,
@@ -175,6 +202,35 @@ impl KvmVmBuilder {
             created,
         })
     }
+}
+
+/// Puts each device behind a virtio-mmio transport in the MMIO hole: device `i` at
+/// `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE` with GSI `VIRTIO_IRQ_BASE + i` (an irqfd), each queue's
+/// `QueueNotify` write an ioeventfd.
+fn attach_virtio_mmio(
+    vm: &VmFd,
+    memory: &GuestMemoryMmap,
+    devices: Vec<Box<dyn VirtioDevice>>,
+) -> Result<MmioBus> {
+    let mut bus = MmioBus::default();
+    for (i, device) in devices.into_iter().enumerate() {
+        let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
+        let gsi = VIRTIO_IRQ_BASE + i as u32;
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| KvmVmError::Device {
+            device: "virtio-mmio",
+            reason: format!("eventfd: {e}"),
+        })?;
+        vm.register_irqfd(&irqfd, gsi).map_err(ioctl("KVM_IRQFD"))?;
+        let transport = MmioTransport::new(device, memory.clone(), Arc::new(irqfd))?;
+        for q in 0..transport.queue_count() {
+            if let Some(evt) = transport.queue_notify_eventfd(q) {
+                vm.register_ioevent(evt, &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY), q as u32)
+                    .map_err(ioctl("KVM_IOEVENTFD"))?;
+            }
+        }
+        bus.insert(base, VIRTIO_MMIO_SIZE, Arc::new(std::sync::Mutex::new(transport)))?;
+    }
+    Ok(bus)
 }
 
 fn open_kvm(path: &Path) -> Result<Kvm> {
@@ -212,6 +268,8 @@ pub struct KvmVm {
     // they point into is unmapped.
     vcpu: VcpuFd,
     bus: PioBus,
+    /// The virtio-mmio devices; dropping it stops their threads.
+    mmio: MmioBus,
     vm: VmFd,
     memory: GuestMemoryMmap,
     _kvm: Kvm,
@@ -232,6 +290,7 @@ impl std::fmt::Debug for KvmVm {
 struct VcpuThread {
     vcpu: VcpuFd,
     bus: PioBus,
+    mmio: MmioBus,
     _vm: VmFd,
     _memory: GuestMemoryMmap,
     _kvm: Kvm,
@@ -244,6 +303,7 @@ impl KvmVm {
             memory_mib: DEFAULT_MEMORY_MIB,
             payload: None,
             serial: None,
+            vsock: None,
         }
     }
 
@@ -262,6 +322,7 @@ impl KvmVm {
         let KvmVm {
             vcpu,
             bus,
+            mmio,
             vm,
             memory,
             _kvm,
@@ -275,6 +336,7 @@ impl KvmVm {
         let mut owned = VcpuThread {
             vcpu,
             bus,
+            mmio,
             _vm: vm,
             _memory: memory,
             _kvm,
@@ -282,7 +344,7 @@ impl KvmVm {
         let handle = std::thread::Builder::new()
             .name("podvm-vcpu0".into())
             .spawn(move || {
-                let result = vcpu::run_loop(&mut owned.vcpu, &mut owned.bus, &thread_stop);
+                let result = vcpu::run_loop(&mut owned.vcpu, &mut owned.bus, &owned.mmio, &thread_stop);
                 let ended = Instant::now();
                 drop(owned);
                 let _ = tx.send((result, ended));

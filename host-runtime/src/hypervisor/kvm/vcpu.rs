@@ -1,6 +1,6 @@
 //! The vCPU run loop and how it is stopped from outside.
 //!
-//! The loop runs on a thread of its own and ends on the first exit that is not I/O: an i8042
+//! The loop runs on a thread of its own and ends on the first exit that is not port or MMIO I/O: an i8042
 //! reset is a clean stop, everything else (HLT with no interrupt controller, triple fault,
 //! internal error, failed entry, any other exit) is a [`KvmVmError`] naming the exit and RIP.
 //!
@@ -17,6 +17,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
 use super::bus::{IoAction, PioBus};
+use super::mmio::MmioBus;
 use super::error::{KvmVmError, Result};
 
 /// How the vCPU loop ended without an error.
@@ -90,7 +91,12 @@ fn error_for(vcpu: &mut VcpuFd, failure: Failure) -> KvmVmError {
 }
 
 /// Runs `vcpu` until the guest resets, fails, or `stop` is set.
-pub fn run_loop(vcpu: &mut VcpuFd, bus: &mut PioBus, stop: &AtomicBool) -> Result<VcpuStop> {
+pub fn run_loop(
+    vcpu: &mut VcpuFd,
+    bus: &mut PioBus,
+    mmio: &MmioBus,
+    stop: &AtomicBool,
+) -> Result<VcpuStop> {
     loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(VcpuStop::Stopped);
@@ -102,6 +108,14 @@ pub fn run_loop(vcpu: &mut VcpuFd, bus: &mut PioBus, stop: &AtomicBool) -> Resul
             },
             Ok(VcpuExit::IoIn(port, data)) => {
                 bus.read(port, data);
+                Step::Continue
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                mmio.read(addr, data);
+                Step::Continue
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                mmio.write(addr, data);
                 Step::Continue
             }
             Ok(VcpuExit::Intr) => Step::Continue,
