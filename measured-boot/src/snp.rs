@@ -43,6 +43,22 @@ pub enum SnpPageType {
     Cpuid = 0x06,
 }
 
+impl SnpPageType {
+    /// The type for a PAGE_TYPE byte (the values of the SNP ABI and of KVM's
+    /// `KVM_SEV_SNP_PAGE_TYPE_*`), `None` for a reserved value.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0x01 => Self::Normal,
+            0x02 => Self::Vmsa,
+            0x03 => Self::Zero,
+            0x04 => Self::Unmeasured,
+            0x05 => Self::Secrets,
+            0x06 => Self::Cpuid,
+            _ => return None,
+        })
+    }
+}
+
 /// One PAGE_INFO record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageInfo {
@@ -163,6 +179,17 @@ impl LaunchDigest {
             gpa,
         };
         self.ld = Sha384::digest(info.to_bytes()).into();
+    }
+
+    /// Extends with one page given by its bytes, applying the SNP rule for the page's
+    /// contents: SHA-384 of the page for NORMAL and VMSA pages, 48 zero bytes for every other
+    /// type (ZERO, UNMEASURED, SECRETS, CPUID), whose bytes the PSP does not measure.
+    pub fn update_page(&mut self, page_type: SnpPageType, gpa: u64, page: &[u8]) {
+        let contents = match page_type {
+            SnpPageType::Normal | SnpPageType::Vmsa => Sha384::digest(page).into(),
+            _ => [0; LD_SIZE],
+        };
+        self.update(page_type, gpa, contents);
     }
 
     /// The current value.
@@ -376,6 +403,23 @@ mod tests {
         expect[0x69] = 0x10;
         let want: [u8; LD_SIZE] = Sha384::digest(expect).into();
         assert_eq!(ld.value().0, want);
+    }
+
+    #[test]
+    fn update_page_hashes_only_measured_types() {
+        let page = [7u8; PAGE_SIZE];
+        let mut a = LaunchDigest::new();
+        a.update_page(SnpPageType::Normal, 0x1000, &page);
+        let mut b = LaunchDigest::new();
+        b.update(SnpPageType::Normal, 0x1000, Sha384::digest(page).into());
+        assert_eq!(a.value(), b.value());
+        let mut z = LaunchDigest::new();
+        z.update_page(SnpPageType::Zero, 0x1000, &page);
+        let mut z0 = LaunchDigest::new();
+        z0.update(SnpPageType::Zero, 0x1000, [0; LD_SIZE]);
+        assert_eq!(z.value(), z0.value());
+        assert_eq!(SnpPageType::from_u8(6), Some(SnpPageType::Cpuid));
+        assert_eq!(SnpPageType::from_u8(0), None);
     }
 
     #[test]

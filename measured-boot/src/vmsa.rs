@@ -213,6 +213,53 @@ pub fn build_vmsa(
     p
 }
 
+/// A vCPU's register state at reset as a VMM sets it before an SEV-ES/SNP launch (the fields
+/// from which KVM builds the initial VMSA at `SNP_LAUNCH_FINISH`): real mode, `CS` selector
+/// `0xf000` with `CS.base` and `RIP` splitting the reset EIP, and `RDX` holding the CPUID
+/// signature (QEMU's reset state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetState {
+    pub cs_selector: u16,
+    pub cs_base: u64,
+    pub rip: u64,
+    pub rdx: u64,
+}
+
+impl ResetState {
+    /// The reset state QEMU gives a vCPU starting at `eip` with CPUID signature `vcpu_sig`
+    /// (`CS.base = eip & 0xffff0000`, `IP = eip & 0xffff`, as `build_vmsa` lays it out).
+    pub fn at_eip(eip: u32, vcpu_sig: u32) -> Self {
+        ResetState {
+            cs_selector: 0xf000,
+            cs_base: (eip & 0xffff_0000) as u64,
+            rip: (eip & 0xffff) as u64,
+            rdx: vcpu_sig as u64,
+        }
+    }
+
+    /// The reset EIP, if the state is one [`Self::at_eip`] can produce.
+    pub fn eip(&self) -> Option<u32> {
+        let valid = self.cs_selector == 0xf000
+            && self.cs_base & 0xffff == 0
+            && self.cs_base <= u32::MAX as u64
+            && self.rip <= 0xffff
+            && self.rdx <= u32::MAX as u64;
+        valid.then_some((self.cs_base | self.rip) as u32)
+    }
+}
+
+/// Builds the QEMU-style initial VMSA for a recorded reset state; `None` when the state is not
+/// a real-mode reset state this builder can express (see [`ResetState::eip`]).
+pub fn build_vmsa_for_state(state: &ResetState, sev_features: u64) -> Option<Box<[u8; PAGE_SIZE]>> {
+    let eip = state.eip()?;
+    Some(build_vmsa(
+        eip,
+        sev_features,
+        state.rdx as u32,
+        VmmType::Qemu,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +274,19 @@ mod tests {
         assert_eq!(vcpu_signature("EPYC-Turin").unwrap(), 0x00b0_0f00);
         let e = vcpu_signature("EPYC-Zen9").unwrap_err().to_string();
         assert!(e.contains("EPYC-Zen9") && e.contains("--vcpu-sig"), "{e}");
+    }
+
+    #[test]
+    fn reset_state_round_trips_to_the_same_vmsa() {
+        let s = ResetState::at_eip(0x0080_b004, 0x00a0_0f11);
+        assert_eq!((s.cs_base, s.rip), (0x0080_0000, 0xb004));
+        assert_eq!(s.eip(), Some(0x0080_b004));
+        assert_eq!(
+            build_vmsa_for_state(&s, 1).unwrap(),
+            build_vmsa(0x0080_b004, 1, 0x00a0_0f11, VmmType::Qemu)
+        );
+        let bad = ResetState { rip: 0x1_0000, ..s };
+        assert!(build_vmsa_for_state(&bad, 1).is_none());
     }
 
     #[test]

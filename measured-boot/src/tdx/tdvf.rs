@@ -250,6 +250,50 @@ fn mr_extend_buffer(gpa: u64) -> [u8; MR_BUFFER_SIZE] {
     b
 }
 
+/// MRTD as the TDX module builds it: one SHA-384 over the 128-byte buffer of every
+/// TDH.MEM.PAGE.ADD and, for measured pages, every TDH.MR.EXTEND header followed by its 256 bytes,
+/// in the order the host issued them. [`mrtd`] drives it from a TDVF descriptor; a VMM's recorded
+/// `KVM_TDX_INIT_MEM_REGION` calls can drive it directly.
+#[derive(Debug, Clone, Default)]
+pub struct MrtdBuilder {
+    h: Sha384,
+}
+
+impl MrtdBuilder {
+    /// An empty MRTD (TDH.MNG.INIT state).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// TDH.MEM.PAGE.ADD of the page at `gpa`.
+    pub fn page_add(&mut self, gpa: u64) {
+        self.h.update(page_add_buffer(gpa));
+    }
+
+    /// The 16 TDH.MR.EXTENDs of the page at `gpa` holding `page`.
+    pub fn extend_page(&mut self, gpa: u64, page: &[u8; PAGE_SIZE]) {
+        for (c, chunk) in page.chunks_exact(MR_EXTEND_CHUNK).enumerate() {
+            self.h
+                .update(mr_extend_buffer(gpa + (c * MR_EXTEND_CHUNK) as u64));
+            self.h.update(chunk);
+        }
+    }
+
+    /// What one page of `KVM_TDX_INIT_MEM_REGION` does: PAGE.ADD, then (if `measure`, i.e.
+    /// `KVM_TDX_MEASURE_MEMORY_REGION`) its MR.EXTENDs.
+    pub fn add_page(&mut self, gpa: u64, page: &[u8; PAGE_SIZE], measure: bool) {
+        self.page_add(gpa);
+        if measure {
+            self.extend_page(gpa, page);
+        }
+    }
+
+    /// TDH.MR.FINALIZE: the MRTD value.
+    pub fn finish(self) -> [u8; 48] {
+        self.h.finalize().into()
+    }
+}
+
 /// The bytes of one guest page of a section: image data, zero beyond `raw_data_size`.
 fn section_page(image: &[u8], s: &TdvfSection, page: u64) -> [u8; PAGE_SIZE] {
     let mut p = [0u8; PAGE_SIZE];
@@ -305,32 +349,25 @@ pub fn mrtd(name: &str, image: &[u8], desc: &TdvfDescriptor, order: MrtdOrder) -
             )));
         }
     }
-    let mut h = Sha384::new();
+    let mut h = MrtdBuilder::new();
     let pages_of = |s: &TdvfSection| 0..s.memory_data_size / PAGE_SIZE as u64;
-    let extend_page = |h: &mut Sha384, s: &TdvfSection, page: u64| {
-        let gpa = s.memory_address + page * PAGE_SIZE as u64;
-        let bytes = section_page(image, s, page);
-        for (c, chunk) in bytes.chunks_exact(MR_EXTEND_CHUNK).enumerate() {
-            h.update(mr_extend_buffer(gpa + (c * MR_EXTEND_CHUNK) as u64));
-            h.update(chunk);
-        }
-    };
+    let gpa_of = |s: &TdvfSection, page: u64| s.memory_address + page * PAGE_SIZE as u64;
     for s in desc.sections.iter().filter(|s| s.is_added()) {
         for page in pages_of(s) {
-            h.update(page_add_buffer(s.memory_address + page * PAGE_SIZE as u64));
+            h.page_add(gpa_of(s, page));
             if order == MrtdOrder::SinglePass && s.is_extended() {
-                extend_page(&mut h, s, page);
+                h.extend_page(gpa_of(s, page), &section_page(image, s, page));
             }
         }
     }
     if order == MrtdOrder::TwoPass {
         for s in desc.sections.iter().filter(|s| s.is_extended()) {
             for page in pages_of(s) {
-                extend_page(&mut h, s, page);
+                h.extend_page(gpa_of(s, page), &section_page(image, s, page));
             }
         }
     }
-    Ok(h.finalize().into())
+    Ok(h.finish())
 }
 
 #[cfg(test)]

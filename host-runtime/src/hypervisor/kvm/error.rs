@@ -63,6 +63,9 @@ pub enum KvmVmError {
     /// The vCPU thread panicked or vanished without a report.
     #[error("the vCPU thread ended without a report: {0}")]
     VcpuThreadLost(String),
+    /// The SEV-SNP or TDX launch failed or this host cannot run it.
+    #[error(transparent)]
+    Launch(#[from] super::launch::LaunchError),
 }
 
 /// `Result` with [`KvmVmError`].

@@ -52,6 +52,40 @@ pub fn allocate(memory_mib: u64) -> Result<GuestMemoryMmap> {
     })
 }
 
+/// Where a firmware image of `len` bytes is mapped: ending at 4 GiB, inside the MMIO hole
+/// (as QEMU maps the pflash/`-bios` image). `len` must be a non-zero multiple of 4 KiB and fit
+/// in the hole.
+pub fn firmware_range(len: usize) -> Result<(GuestAddress, usize)> {
+    let hole = MMIO_HOLE_END.raw_value() - MMIO_HOLE_START.raw_value();
+    if len == 0 || !len.is_multiple_of(4096) || len as u64 > hole {
+        return Err(KvmVmError::Config(format!(
+            "a firmware image must be a non-zero multiple of 4096 bytes of at most {hole:#x}, got {len}"
+        )));
+    }
+    Ok((GuestAddress(MMIO_HOLE_END.raw_value() - len as u64), len))
+}
+
+/// RAM for `memory_mib` MiB plus a firmware region of `firmware_len` bytes ending at 4 GiB
+/// (see [`firmware_range`]), ascending: one region (and one KVM slot) each.
+pub fn ranges_with_firmware(
+    memory_mib: u64,
+    firmware_len: usize,
+) -> Result<Vec<(GuestAddress, usize)>> {
+    let mut ranges = ram_ranges(memory_mib)?;
+    ranges.push(firmware_range(firmware_len)?);
+    ranges.sort_by_key(|(start, _)| *start);
+    Ok(ranges)
+}
+
+/// Allocates RAM plus a firmware region (see [`ranges_with_firmware`]), zero-filled.
+pub fn allocate_with_firmware(memory_mib: u64, firmware_len: usize) -> Result<GuestMemoryMmap> {
+    let ranges = ranges_with_firmware(memory_mib, firmware_len)?;
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| KvmVmError::MemoryAllocation {
+        mib: memory_mib,
+        reason: e.to_string(),
+    })
+}
+
 /// The KVM memory slots describing `memory`: slot `i` is region `i`.
 pub fn memory_slots(memory: &GuestMemoryMmap) -> Result<Vec<kvm_userspace_memory_region>> {
     memory
@@ -138,6 +172,30 @@ mod tests {
         assert!(ram_ranges(0).is_err());
         assert!(ram_ranges(1).is_err());
         assert!(ram_ranges(MAX_MEMORY_MIB + 1).is_err());
+    }
+
+    #[test]
+    fn firmware_region_ends_at_four_gib_inside_the_hole() {
+        let (start, len) = firmware_range(2 * MIB as usize).unwrap();
+        assert_eq!(start, GuestAddress(4 * GIB - 2 * MIB));
+        assert_eq!(len, 2 * MIB as usize);
+        assert!(start >= MMIO_HOLE_START);
+        assert!(firmware_range(0).is_err());
+        assert!(firmware_range(4095).is_err());
+        assert!(firmware_range((GIB + 4096) as usize).is_err());
+        let r = ranges_with_firmware(3 * 1024 + 1, 64 * 1024).unwrap();
+        assert_eq!(
+            r,
+            vec![
+                (GuestAddress(0), (3 * GIB) as usize),
+                (GuestAddress(4 * GIB - 64 * 1024), 64 * 1024),
+                (GuestAddress(4 * GIB), MIB as usize),
+            ]
+        );
+        let mem = allocate_with_firmware(16, 64 * 1024).unwrap();
+        let slots = memory_slots(&mem).unwrap();
+        assert_eq!(slots.len(), 2);
+        assert_eq!(slots[1].guest_phys_addr, 4 * GIB - 64 * 1024);
     }
 
     #[test]

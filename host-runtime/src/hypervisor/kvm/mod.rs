@@ -21,6 +21,7 @@
 pub mod bus;
 pub mod cpu;
 pub mod error;
+pub mod launch;
 pub mod memory;
 pub mod mmio;
 pub mod serial;
@@ -48,6 +49,7 @@ use bus::PioBus;
 use cpu::BootEntry;
 use error::ioctl;
 use mmio::MmioBus;
+use launch::ConfidentialLaunch;
 use serial::{FirstByteWriter, SerialDevice, SerialOut};
 use vcpu::VcpuStop;
 use virtio::VirtioDevice;
@@ -103,6 +105,7 @@ pub struct KvmVmBuilder {
     payload: Option<(Vec<u8>, GuestAddress)>,
     serial: Option<SerialOut>,
     vsock: Option<(u64, PathBuf)>,
+    confidential: Option<ConfidentialLaunch>,
 }
 
 impl KvmVmBuilder {
@@ -139,8 +142,21 @@ impl KvmVmBuilder {
         self
     }
 
-    /// Creates the VM and its vCPU, loads the payload and sets up the 64-bit entry.
+    /// Launches a confidential guest instead of a payload: `build` creates a `KVM_X86_SNP_VM` /
+    /// `KVM_X86_TDX_VM`, loads the firmware and runs the launch sequence
+    /// ([`launch::snp::launch`] / [`launch::tdx::launch`]) through [`launch::KvmLaunchOps`].
+    /// On a host without SEV-SNP / TDX in KVM, `build` fails at once naming what is missing.
+    pub fn confidential(mut self, launch: ConfidentialLaunch) -> Self {
+        self.confidential = Some(launch);
+        self
+    }
+
+    /// Creates the VM and its vCPU, loads the payload and sets up the 64-bit entry (or, with
+    /// [`Self::confidential`], runs the confidential launch).
     pub fn build(self) -> Result<KvmVm> {
+        if self.confidential.is_some() {
+            return self.build_confidential();
+        }
         let created = Instant::now();
         let (payload, load_addr) = self
             .payload
@@ -195,6 +211,75 @@ impl KvmVmBuilder {
             bus,
             mmio,
             vm,
+            _guest_memfds: Vec::new(),
+            memory,
+            _kvm: kvm,
+            stop: Arc::new(AtomicBool::new(false)),
+            first_byte,
+            created,
+        })
+    }
+
+    fn build_confidential(mut self) -> Result<KvmVm> {
+        let created = Instant::now();
+        let Some(conf) = self.confidential.take() else {
+            return Err(KvmVmError::Config("no confidential launch given".into()));
+        };
+        if self.payload.is_some() {
+            return Err(KvmVmError::Config(
+                "a confidential guest boots its firmware; give no payload".into(),
+            ));
+        }
+        let kvm = open_kvm(&self.kvm_device)?;
+        conf.check_host(
+            launch::supported_vm_types(&kvm),
+            &self.kvm_device.display().to_string(),
+        )?;
+        let fw_len = match &conf {
+            ConfidentialLaunch::Snp(s) => s.plan.inputs().firmware.data().len(),
+            ConfidentialLaunch::Tdx(t) => t.firmware.data().len(),
+        };
+        let memory = memory::allocate_with_firmware(self.memory_mib, fw_len)?;
+        let vm = kvm
+            .create_vm_with_type(conf.vm_type() as u64)
+            .map_err(|source| KvmVmError::KvmUnavailable {
+                what: format!("KVM_CREATE_VM({})", conf.vm_type_name()),
+                source,
+            })?;
+        let mut ops = match &conf {
+            ConfidentialLaunch::Snp(_) => {
+                launch::KvmLaunchOps::snp(vm, Path::new(launch::SEV_DEVICE)).map_err(|e| {
+                    launch::LaunchError::Unsupported(format!(
+                        "SEV-SNP launch needs {}: {e}",
+                        launch::SEV_DEVICE
+                    ))
+                })?
+            }
+            ConfidentialLaunch::Tdx(_) => launch::KvmLaunchOps::tdx(vm)
+                .map_err(|e| launch::LaunchError::Unsupported(format!("TDX launch: {e}")))?,
+        };
+        match &conf {
+            ConfidentialLaunch::Snp(s) => {
+                launch::snp::launch(&s.plan, &s.boot, &s.options, &memory, &mut ops)?;
+            }
+            ConfidentialLaunch::Tdx(t) => {
+                launch::tdx::launch(&t.firmware, &t.init_vm, t.vcpus, &memory, &mut ops)?;
+            }
+        }
+        let (vm, vcpus, guest_memfds) = ops.into_parts();
+        let Some(vcpu) = vcpus.into_iter().next() else {
+            return Err(KvmVmError::Config("the launch created no vCPU".into()));
+        };
+        let writer = FirstByteWriter::new(self.serial.unwrap_or_else(|| Box::new(std::io::sink())));
+        let first_byte = writer.first_byte();
+        let bus = PioBus::new(SerialDevice::new(writer)?);
+        vcpu::install_kick_handler()?;
+        Ok(KvmVm {
+            vcpu,
+            bus,
+            mmio: MmioBus::default(),
+            vm,
+            _guest_memfds: guest_memfds,
             memory,
             _kvm: kvm,
             stop: Arc::new(AtomicBool::new(false)),
@@ -271,6 +356,8 @@ pub struct KvmVm {
     /// The virtio-mmio devices; dropping it stops their threads.
     mmio: MmioBus,
     vm: VmFd,
+    /// Private memory of a confidential guest (empty otherwise); closed after the VM.
+    _guest_memfds: Vec<std::os::fd::OwnedFd>,
     memory: GuestMemoryMmap,
     _kvm: Kvm,
     stop: Arc<AtomicBool>,
@@ -292,6 +379,7 @@ struct VcpuThread {
     bus: PioBus,
     mmio: MmioBus,
     _vm: VmFd,
+    _guest_memfds: Vec<std::os::fd::OwnedFd>,
     _memory: GuestMemoryMmap,
     _kvm: Kvm,
 }
@@ -304,6 +392,7 @@ impl KvmVm {
             payload: None,
             serial: None,
             vsock: None,
+            confidential: None,
         }
     }
 
@@ -324,6 +413,7 @@ impl KvmVm {
             bus,
             mmio,
             vm,
+            _guest_memfds,
             memory,
             _kvm,
             stop,
@@ -338,6 +428,7 @@ impl KvmVm {
             bus,
             mmio,
             _vm: vm,
+            _guest_memfds,
             _memory: memory,
             _kvm,
         };
