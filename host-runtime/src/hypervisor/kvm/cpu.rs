@@ -47,6 +47,15 @@ pub const GDT_CODE64: u64 = 0x00af_9b00_0000_ffff;
 pub const GDT_DATA: u64 = 0x00cf_9300_0000_ffff;
 /// The GDT as written to [`GDT_START`].
 pub const GDT: [u64; 3] = [GDT_NULL, GDT_CODE64, GDT_DATA];
+/// PVH entry (32-bit protected mode): code: present, DPL 0, execute/read, accessed, D=1 (32-bit),
+/// G=1.
+pub const GDT_CODE32: u64 = 0x00cf_9b00_0000_ffff;
+/// PVH entry: a 32-bit TSS (busy), base 0, limit 0x67, as the PVH ABI requires for `TR`.
+pub const GDT_TSS32: u64 = 0x0000_8b00_0000_0067;
+/// The GDT written for a PVH entry: the same selectors as [`GDT`], 32-bit code, plus a TSS.
+pub const GDT_32: [u64; 4] = [GDT_NULL, GDT_CODE32, GDT_DATA, GDT_TSS32];
+/// The TSS selector of [`GDT_32`].
+pub const TSS_SELECTOR: u16 = 0x18;
 /// Selectors (index × 8, TI = 0, RPL = 0).
 pub const CODE_SELECTOR: u16 = 0x08;
 pub const DATA_SELECTOR: u16 = 0x10;
@@ -217,6 +226,58 @@ pub fn setup_long_mode(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: BootEntry) -
     Ok(())
 }
 
+/// `sregs` changed for the PVH entry: flat 32-bit segments from [`GDT_32`], `CR0` = PE (and the
+/// hard-wired ET), no paging, no PAE, `EFER` = 0, no IDT.
+pub fn protected_mode_32_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
+    let code = segment_from_gdt(GDT_CODE32, CODE_SELECTOR / 8);
+    let data = segment_from_gdt(GDT_DATA, DATA_SELECTOR / 8);
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = segment_from_gdt(GDT_TSS32, TSS_SELECTOR / 8);
+    sregs.gdt.base = GDT_START.0;
+    sregs.gdt.limit = (std::mem::size_of_val(&GDT_32) - 1) as u16;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    sregs.cr0 = CR0_PE | CR0_ET;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    sregs
+}
+
+/// The general-purpose registers at a PVH entry: `EIP` = `entry`, `EBX` = `start_info`, flags
+/// with interrupts off.
+pub fn protected_mode_32_regs(entry: GuestAddress, start_info: GuestAddress) -> kvm_regs {
+    kvm_regs {
+        rip: entry.0,
+        rbx: start_info.0,
+        rflags: RFLAGS_RESERVED,
+        ..Default::default()
+    }
+}
+
+/// Writes [`GDT_32`] and puts `vcpu` in 32-bit protected mode without paging at `entry` with
+/// `EBX` = `start_info`: the PVH boot ABI's entry state.
+pub fn setup_protected_mode_32(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    entry: GuestAddress,
+    start_info: GuestAddress,
+) -> Result<()> {
+    write_u64s(mem, "GDT", GDT_START, &GDT_32)?;
+    let sregs = vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+    vcpu.set_sregs(&protected_mode_32_sregs(sregs))
+        .map_err(ioctl("KVM_SET_SREGS"))?;
+    vcpu.set_regs(&protected_mode_32_regs(entry, start_info))
+        .map_err(ioctl("KVM_SET_REGS"))?;
+    vcpu.set_fpu(&boot_fpu()).map_err(ioctl("KVM_SET_FPU"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +356,26 @@ mod tests {
         for w in ranges.windows(2) {
             assert!(w[0].1 <= w[1].0, "{:x?} overlaps {:x?}", w[0], w[1]);
         }
+    }
+
+    #[test]
+    fn protected_mode_32_registers() {
+        let s = protected_mode_32_sregs(kvm_sregs::default());
+        assert_eq!((s.cr0, s.cr3, s.cr4, s.efer), (0x11, 0, 0, 0));
+        assert_eq!((s.gdt.base, s.gdt.limit), (0x500, 31));
+        assert_eq!(
+            (s.cs.selector, s.cs.db, s.cs.l, s.cs.type_),
+            (0x08, 1, 0, 0xb)
+        );
+        assert_eq!((s.cs.base, s.cs.limit), (0, 0xffff_ffff));
+        assert_eq!((s.ds.selector, s.ss.selector, s.ds.db), (0x10, 0x10, 1));
+        assert_eq!(
+            (s.tr.selector, s.tr.type_, s.tr.limit, s.tr.base),
+            (0x18, 0xb, 0x67, 0)
+        );
+        assert_eq!((s.tr.s, s.tr.present), (0, 1));
+        let r = protected_mode_32_regs(GuestAddress(0x100_0000), GuestAddress(0x6000));
+        assert_eq!((r.rip, r.rbx, r.rflags, r.rsi), (0x100_0000, 0x6000, 2, 0));
     }
 
     #[test]

@@ -60,6 +60,25 @@ pub enum KvmVmError {
     /// The VM was still running when its deadline passed; it has been stopped.
     #[error("the VM did not stop within its deadline of {deadline:?}; stopped it")]
     DeadlineExceeded { deadline: Duration },
+    /// The kernel, initrd or command line cannot be booted as given (the message says what to
+    /// change).
+    #[error("cannot boot this Linux kernel: {0}")]
+    Linux(String),
+    /// A kernel or initrd file could not be read.
+    #[error("cannot read the {what} {path}: {source}")]
+    ReadFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// KVM refused one of the boot MSRs ([`super::msrs`]).
+    #[error("KVM refused to set MSR {index:#x} ({name}) to {value:#x}")]
+    Msr {
+        index: u32,
+        name: &'static str,
+        value: u64,
+    },
     /// The vCPU thread panicked or vanished without a report.
     #[error("the vCPU thread ended without a report: {0}")]
     VcpuThreadLost(String),

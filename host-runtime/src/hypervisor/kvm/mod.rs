@@ -1,8 +1,9 @@
 //! podvm's built-in microVM monitor on KVM (first cut): guest memory laid out like a PC, a vCPU
-//! entered directly in 64-bit mode, COM1 and the i8042 reset line on the port-I/O bus, and a
-//! vCPU thread that always ends — by a guest reset, a clear error, or the caller's deadline.
-//! It runs freestanding payloads ([`test_guest`]); loading Linux is the next step (see
-//! `README.md` next to this file).
+//! entered directly in 64-bit mode (or 32-bit for a PVH kernel), COM1 and the i8042 reset line on
+//! the port-I/O bus, and a vCPU thread that always ends — by a guest reset, a clear error, or the
+//! caller's deadline. It runs freestanding payloads ([`test_guest`]) or loads Linux ([`loader`]:
+//! bzImage or ELF/PVH, zero page or `hvm_start_info`, e820, initrd, MP table); see `README.md`
+//! next to this file for what is verified where.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -20,12 +21,19 @@
 
 pub mod bus;
 pub mod cpu;
+pub mod cpuid;
+pub mod e820;
 pub mod error;
 pub mod launch;
+pub mod loader;
 pub mod memory;
 pub mod mmio;
+pub mod mptable;
+pub mod msrs;
+pub mod platform;
 pub mod serial;
 pub mod test_guest;
+pub mod test_image;
 pub mod vcpu;
 pub mod virtio;
 
@@ -44,6 +52,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 pub use error::{KvmVmError, Result};
+pub use loader::{BootMode, LinuxBoot, LinuxSpec};
 
 use bus::PioBus;
 use cpu::BootEntry;
@@ -98,11 +107,19 @@ impl StopHandle {
     }
 }
 
+/// What a VM runs.
+enum Guest {
+    /// Freestanding 64-bit code at an address.
+    Payload(Vec<u8>, GuestAddress),
+    /// A Linux kernel ([`loader`]).
+    Linux(LinuxSpec),
+}
+
 /// Configures a [`KvmVm`].
 pub struct KvmVmBuilder {
     kvm_device: PathBuf,
     memory_mib: u64,
-    payload: Option<(Vec<u8>, GuestAddress)>,
+    guest: Option<Guest>,
     serial: Option<SerialOut>,
     vsock: Option<(u64, PathBuf)>,
     confidential: Option<ConfidentialLaunch>,
@@ -122,8 +139,17 @@ impl KvmVmBuilder {
     }
 
     /// Freestanding 64-bit code, loaded at `load_addr` and entered there in long mode.
+    /// Replaces an earlier [`KvmVmBuilder::linux`].
     pub fn payload(mut self, bytes: Vec<u8>, load_addr: GuestAddress) -> Self {
-        self.payload = Some((bytes, load_addr));
+        self.guest = Some(Guest::Payload(bytes, load_addr));
+        self
+    }
+
+    /// A Linux kernel (bzImage or ELF vmlinux), initrd and command line, loaded by
+    /// [`loader::load_linux`] with an MP table ([`mptable`]) and entered by the 64-bit boot
+    /// protocol or PVH. Replaces an earlier [`KvmVmBuilder::payload`].
+    pub fn linux(mut self, spec: LinuxSpec) -> Self {
+        self.guest = Some(Guest::Linux(spec));
         self
     }
 
@@ -151,17 +177,19 @@ impl KvmVmBuilder {
         self
     }
 
-    /// Creates the VM and its vCPU, loads the payload and sets up the 64-bit entry (or, with
+    /// Creates the VM and its vCPU, loads the payload or kernel and sets up its entry (or, with
     /// [`Self::confidential`], runs the confidential launch).
     pub fn build(self) -> Result<KvmVm> {
         if self.confidential.is_some() {
             return self.build_confidential();
         }
         let created = Instant::now();
-        let (payload, load_addr) = self
-            .payload
-            .ok_or_else(|| KvmVmError::Config("no payload given".into()))?;
-        check_payload_placement(load_addr, payload.len(), self.memory_mib)?;
+        let guest = self.guest.ok_or_else(|| {
+            KvmVmError::Config("no payload or kernel given (use .payload or .linux)".into())
+        })?;
+        if let Guest::Payload(payload, load_addr) = &guest {
+            check_payload_placement(*load_addr, payload.len(), self.memory_mib)?;
+        }
 
         // Declared before the VM so that, on an early return, the VM fd closes first.
         let memory = memory::allocate(self.memory_mib)?;
@@ -182,13 +210,26 @@ impl KvmVmBuilder {
             vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
         }
         let mmio = attach_virtio_mmio(&vm, &memory, devices)?;
-        memory
-            .write_slice(&payload, load_addr)
-            .map_err(|e| KvmVmError::GuestMemoryWrite {
-                what: "payload",
-                addr: load_addr.0,
-                reason: e.to_string(),
-            })?;
+        let entry = match &guest {
+            Guest::Payload(payload, load_addr) => {
+                memory.write_slice(payload, *load_addr).map_err(|e| {
+                    KvmVmError::GuestMemoryWrite {
+                        what: "payload",
+                        addr: load_addr.0,
+                        reason: e.to_string(),
+                    }
+                })?;
+                BootMode::Long64 {
+                    zero_page: cpu::ZERO_PAGE_START,
+                }
+                .at(*load_addr)
+            }
+            Guest::Linux(spec) => {
+                let boot = loader::load_linux(&memory, spec)?;
+                mptable::write(&memory, VCPU_COUNT)?;
+                boot.mode.at(boot.entry)
+            }
+        };
 
         let vcpu = vm
             .create_vcpu(0)
@@ -196,11 +237,18 @@ impl KvmVmBuilder {
                 what: "KVM_CREATE_VCPU".into(),
                 source,
             })?;
-        let cpuid = kvm
+        let mut cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        cpuid::set_topology(&mut cpuid, 0, VCPU_COUNT);
         vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
-        cpu::setup_long_mode(&vcpu, &memory, BootEntry::at(load_addr))?;
+        msrs::set_boot_msrs(&vcpu)?;
+        match entry {
+            Entry::Long64(entry) => cpu::setup_long_mode(&vcpu, &memory, entry)?,
+            Entry::Pvh32 { entry, start_info } => {
+                cpu::setup_protected_mode_32(&vcpu, &memory, entry, start_info)?
+            }
+        }
 
         let writer = FirstByteWriter::new(self.serial.unwrap_or_else(|| Box::new(std::io::sink())));
         let first_byte = writer.first_byte();
@@ -225,7 +273,7 @@ impl KvmVmBuilder {
         let Some(conf) = self.confidential.take() else {
             return Err(KvmVmError::Config("no confidential launch given".into()));
         };
-        if self.payload.is_some() {
+        if self.guest.is_some() {
             return Err(KvmVmError::Config(
                 "a confidential guest boots its firmware; give no payload".into(),
             ));
@@ -318,6 +366,33 @@ fn attach_virtio_mmio(
     Ok(bus)
 }
 
+/// vCPUs per VM (one, for now; the MP table and CPUID topology already take a count).
+const VCPU_COUNT: u8 = 1;
+
+/// The register state a vCPU starts in.
+enum Entry {
+    Long64(BootEntry),
+    Pvh32 {
+        entry: GuestAddress,
+        start_info: GuestAddress,
+    },
+}
+
+impl BootMode {
+    fn at(self, rip: GuestAddress) -> Entry {
+        match self {
+            BootMode::Long64 { zero_page } => Entry::Long64(BootEntry {
+                rsi: zero_page,
+                ..BootEntry::at(rip)
+            }),
+            BootMode::Pvh32 { start_info } => Entry::Pvh32 {
+                entry: rip,
+                start_info,
+            },
+        }
+    }
+}
+
 fn open_kvm(path: &Path) -> Result<Kvm> {
     let unavailable = |source| KvmVmError::KvmUnavailable {
         what: format!("open {}", path.display()),
@@ -389,7 +464,7 @@ impl KvmVm {
         KvmVmBuilder {
             kvm_device: PathBuf::from(KVM_DEVICE),
             memory_mib: DEFAULT_MEMORY_MIB,
-            payload: None,
+            guest: None,
             serial: None,
             vsock: None,
             confidential: None,
@@ -510,7 +585,7 @@ mod tests {
         let err = KvmVm::builder().build().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "invalid VM configuration: no payload given"
+            "invalid VM configuration: no payload or kernel given (use .payload or .linux)"
         );
     }
 
