@@ -1,5 +1,5 @@
 //! The built-in monitor's virtio-vsock device on this machine's /dev/kvm, end to end: the vsock
-//! test guest (`host-runtime/test-guest/vsock_guest.rs`) drives the virtio-mmio device through
+//! test guest (`host-runtime/test-guest/vsock_guest.c`) drives the virtio-mmio device through
 //! real KVM MMIO exits, ioeventfds and an irqfd, and talks to this test through the hybrid
 //! Unix socket, in both directions. Never skipped: a host without a usable KVM fails it.
 
@@ -81,15 +81,23 @@ fn vsock_round_trips_through_the_hybrid_socket_both_ways() {
     let runner = std::thread::spawn(move || vm.run(DEADLINE));
 
     // Guest → host: the guest connects to port 1025, i.e. to <socket>_1025.
-    let (mut from_guest, _) = host_listener.accept().expect("the guest connects to port 1025");
-    from_guest.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut from_guest, _) = host_listener
+        .accept()
+        .expect("the guest connects to port 1025");
+    from_guest
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut ping = vec![0u8; test_guest::VSOCK_GUEST_PING.len()];
-    from_guest.read_exact(&mut ping).expect("the guest's ping arrives");
+    from_guest
+        .read_exact(&mut ping)
+        .expect("the guest's ping arrives");
     assert_eq!(ping, test_guest::VSOCK_GUEST_PING);
     from_guest.write_all(b"pong from the host").unwrap();
     // The guest shuts the connection down after the answer: the stream ends.
     let mut rest = Vec::new();
-    from_guest.read_to_end(&mut rest).expect("the guest's shutdown closes the stream");
+    from_guest
+        .read_to_end(&mut rest)
+        .expect("the guest's shutdown closes the stream");
     assert!(rest.is_empty(), "unexpected bytes after the ping: {rest:?}");
 
     // Host → guest: CONNECT 1024, then an echo.
@@ -115,7 +123,10 @@ fn vsock_round_trips_through_the_hybrid_socket_both_ways() {
         .unwrap_or_else(|e| panic!("the vsock guest failed: {e}\nconsole:\n{}", out.text()));
     assert_eq!(report.reason, ExitReason::Reset);
     let console = out.text();
-    assert!(console.starts_with(test_guest::VSOCK_GUEST_HELLO), "{console}");
+    assert!(
+        console.starts_with(test_guest::VSOCK_GUEST_HELLO),
+        "{console}"
+    );
     assert!(
         console.contains("podvm test guest: vsock cid 3\n"),
         "the guest read its CID from the device's config space: {console}"

@@ -74,7 +74,9 @@ impl MmioBus {
 /// Locks a device; a device whose lock was poisoned by a panicking thread is still used (its
 /// state is plain registers).
 fn lock(device: &SharedMmioDevice) -> std::sync::MutexGuard<'_, dyn MmioDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -57,12 +57,12 @@ pub use loader::{BootMode, LinuxBoot, LinuxSpec};
 use bus::PioBus;
 use cpu::BootEntry;
 use error::ioctl;
-use mmio::MmioBus;
 use launch::ConfidentialLaunch;
+use mmio::MmioBus;
 use serial::{FirstByteWriter, SerialDevice, SerialOut};
 use vcpu::VcpuStop;
 use virtio::VirtioDevice;
-use virtio::mmio::{MmioTransport, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, reg};
+use virtio::mmio::{MmioTransport, reg};
 use virtio::vsock::VsockDevice;
 
 /// The KVM device opened unless [`KvmVmBuilder::kvm_device`] says otherwise.
@@ -159,8 +159,8 @@ impl KvmVmBuilder {
         self
     }
 
-    /// A virtio-vsock device (the first virtio-mmio device, at [`VIRTIO_MMIO_BASE`], GSI
-    /// [`VIRTIO_IRQ_BASE`]) for guest CID `cid`, whose host side is the hybrid Unix socket at
+    /// A virtio-vsock device (the first virtio-mmio device: [`platform::VirtioMmioSlot`] 0,
+    /// `0xd0000000`, IRQ 5) for guest CID `cid`, whose host side is the hybrid Unix socket at
     /// `uds_path` (see [`virtio::vsock`]); the socket is bound by [`Self::build`] and removed when
     /// the VM ends.
     pub fn vsock(mut self, cid: u64, uds_path: impl Into<PathBuf>) -> Self {
@@ -337,9 +337,9 @@ impl KvmVmBuilder {
     }
 }
 
-/// Puts each device behind a virtio-mmio transport in the MMIO hole: device `i` at
-/// `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE` with GSI `VIRTIO_IRQ_BASE + i` (an irqfd), each queue's
-/// `QueueNotify` write an ioeventfd.
+/// Puts each device behind a virtio-mmio transport in the MMIO hole at its
+/// [`platform::VirtioMmioSlot`] (device `i` at `0xd0000000 + i × 4 KiB`, IRQ `5 + i` raised
+/// through an irqfd), each queue's `QueueNotify` write an ioeventfd.
 fn attach_virtio_mmio(
     vm: &VmFd,
     memory: &GuestMemoryMmap,
@@ -347,8 +347,8 @@ fn attach_virtio_mmio(
 ) -> Result<MmioBus> {
     let mut bus = MmioBus::default();
     for (i, device) in devices.into_iter().enumerate() {
-        let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
-        let gsi = VIRTIO_IRQ_BASE + i as u32;
+        let slot = platform::VirtioMmioSlot::new(i)?;
+        let (base, gsi) = (slot.addr.0, u32::from(slot.irq));
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| KvmVmError::Device {
             device: "virtio-mmio",
             reason: format!("eventfd: {e}"),
@@ -357,11 +357,15 @@ fn attach_virtio_mmio(
         let transport = MmioTransport::new(device, memory.clone(), Arc::new(irqfd))?;
         for q in 0..transport.queue_count() {
             if let Some(evt) = transport.queue_notify_eventfd(q) {
-                vm.register_ioevent(evt, &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY), q as u32)
-                    .map_err(ioctl("KVM_IOEVENTFD"))?;
+                vm.register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY),
+                    q as u32,
+                )
+                .map_err(ioctl("KVM_IOEVENTFD"))?;
             }
         }
-        bus.insert(base, VIRTIO_MMIO_SIZE, Arc::new(std::sync::Mutex::new(transport)))?;
+        bus.insert(base, slot.size, Arc::new(std::sync::Mutex::new(transport)))?;
     }
     Ok(bus)
 }
@@ -510,7 +514,8 @@ impl KvmVm {
         let handle = std::thread::Builder::new()
             .name("podvm-vcpu0".into())
             .spawn(move || {
-                let result = vcpu::run_loop(&mut owned.vcpu, &mut owned.bus, &owned.mmio, &thread_stop);
+                let result =
+                    vcpu::run_loop(&mut owned.vcpu, &mut owned.bus, &owned.mmio, &thread_stop);
                 let ended = Instant::now();
                 drop(owned);
                 let _ = tx.send((result, ended));

@@ -101,7 +101,7 @@ mod tests {
     }
 }
 
-/// The vsock test guest (`host-runtime/test-guest/vsock_guest.rs`, built by `build.rs`): a flat
+/// The vsock test guest (`host-runtime/test-guest/vsock_guest.c`, built by `build.rs`): a flat
 /// image loaded and entered at [`super::cpu::PAYLOAD_START`]. It prints [`VSOCK_GUEST_HELLO`],
 /// drives the first virtio-mmio device as virtio-vsock: connects to host port
 /// [`VSOCK_GUEST_HOST_PORT`], sends [`VSOCK_GUEST_PING`] and prints the answer; then listens on

@@ -17,8 +17,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
 use super::bus::{IoAction, PioBus};
-use super::mmio::MmioBus;
 use super::error::{KvmVmError, Result};
+use super::mmio::MmioBus;
 
 /// How the vCPU loop ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,13 +17,7 @@ use super::{ActiveQueue, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
 use crate::hypervisor::kvm::error::{KvmVmError, Result};
 use crate::hypervisor::kvm::mmio::MmioDevice;
 
-/// Where the first virtio-mmio device sits: inside the 32-bit MMIO hole, one 4 KiB window per
-/// device, device `i` at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE`.
-pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
-/// The size of one device's register window.
-pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
-/// The GSI (IOAPIC pin) of the first virtio-mmio device; device `i` uses `VIRTIO_IRQ_BASE + i`.
-pub const VIRTIO_IRQ_BASE: u32 = 5;
+// Where devices sit and which IRQ each raises: `platform::VirtioMmioSlot`.
 
 /// `"virt"` little-endian.
 pub const MAGIC_VALUE: u32 = 0x7472_6976;
@@ -108,15 +102,17 @@ impl MmioTransport {
         let mut queues = Vec::new();
         let mut notify = Vec::new();
         for &max in device.queue_max_sizes() {
-            queues.push(Queue::new(max).map_err(|e| {
-                KvmVmError::Config(format!("virtio queue of size {max}: {e:?}"))
-            })?);
-            notify.push(Arc::new(
-                EventFd::new(libc::EFD_NONBLOCK).map_err(|e| KvmVmError::Device {
+            queues.push(
+                Queue::new(max).map_err(|e| {
+                    KvmVmError::Config(format!("virtio queue of size {max}: {e:?}"))
+                })?,
+            );
+            notify.push(Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| {
+                KvmVmError::Device {
                     device: "virtio-mmio",
                     reason: format!("eventfd: {e}"),
-                })?,
-            ));
+                }
+            })?));
         }
         Ok(MmioTransport {
             device,
@@ -210,9 +206,7 @@ impl MmioTransport {
             reg::QUEUE_DESC_LOW => self.with_queue(|q| q.set_desc_table_address(Some(v), None)),
             reg::QUEUE_DESC_HIGH => self.with_queue(|q| q.set_desc_table_address(None, Some(v))),
             reg::QUEUE_DRIVER_LOW => self.with_queue(|q| q.set_avail_ring_address(Some(v), None)),
-            reg::QUEUE_DRIVER_HIGH => {
-                self.with_queue(|q| q.set_avail_ring_address(None, Some(v)))
-            }
+            reg::QUEUE_DRIVER_HIGH => self.with_queue(|q| q.set_avail_ring_address(None, Some(v))),
             reg::QUEUE_DEVICE_LOW => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
             reg::QUEUE_DEVICE_HIGH => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
             reg::QUEUE_NOTIFY => {
@@ -279,10 +273,7 @@ impl MmioTransport {
             };
             active.push(ActiveQueue { queue, notify });
         }
-        let interrupt = Interrupt::new(
-            Arc::clone(&self.interrupt_status),
-            Arc::clone(&self.irqfd),
-        );
+        let interrupt = Interrupt::new(Arc::clone(&self.interrupt_status), Arc::clone(&self.irqfd));
         match self.device.activate(self.memory.clone(), active, interrupt) {
             Ok(()) => self.activated = true,
             Err(e) => self.fail(e.to_string()),
@@ -290,7 +281,10 @@ impl MmioTransport {
     }
 
     fn fail(&mut self, why: String) {
-        tracing::warn!(device = self.device.device_type(), "virtio device not activated: {why}");
+        tracing::warn!(
+            device = self.device.device_type(),
+            "virtio device not activated: {why}"
+        );
         self.status |= status::DEVICE_NEEDS_RESET;
     }
 }
@@ -317,5 +311,127 @@ impl MmioDevice for MmioTransport {
         {
             self.write_u32(offset, u32::from_le_bytes(b));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::kvm::platform::VIRTIO_MMIO_BASE;
+
+    #[test]
+    fn the_vsock_test_guest_looks_for_the_device_where_the_monitor_puts_it() {
+        let source = include_str!("../../../../test-guest/vsock_guest.c");
+        let define = format!("#define VIRTIO_MMIO_BASE {:#x}UL", VIRTIO_MMIO_BASE.0);
+        assert!(source.contains(&define), "vsock_guest.c lacks `{define}`");
+    }
+
+    struct Dummy;
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            super::super::VIRTIO_ID_VSOCK
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[8]
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8 + 1);
+        }
+        fn activate(
+            &mut self,
+            _: GuestMemoryMmap,
+            _: Vec<ActiveQueue>,
+            _: Interrupt,
+        ) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn transport() -> MmioTransport {
+        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let irq = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        MmioTransport::new(Box::new(Dummy), mem, irq).unwrap()
+    }
+
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    #[test]
+    fn identification_and_feature_negotiation_follow_the_spec() {
+        let mut t = transport();
+        assert_eq!(r(&mut t, reg::MAGIC_VALUE), 0x7472_6976);
+        assert_eq!(r(&mut t, reg::VERSION), 2);
+        assert_eq!(r(&mut t, reg::DEVICE_ID), 19);
+        w(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 1);
+        // A driver without VERSION_1 does not get FEATURES_OK.
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        assert_eq!(r(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
+        w(&mut t, reg::STATUS, 0);
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        w(&mut t, reg::DRIVER_FEATURES, 1);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        assert_ne!(r(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
+        // Queue registers work only after FEATURES_OK; the config space is the device's.
+        w(&mut t, reg::QUEUE_SEL, 0);
+        assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 8);
+        w(&mut t, reg::QUEUE_SEL, 1);
+        assert_eq!(
+            r(&mut t, reg::QUEUE_NUM_MAX),
+            0,
+            "a queue the device does not have"
+        );
+        assert_eq!(r(&mut t, reg::CONFIG + 4), 0x0505_0505);
+    }
+
+    #[test]
+    fn driver_ok_activates_once_and_a_notification_signals_the_queue_eventfd() {
+        let mut t = transport();
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        w(&mut t, reg::DRIVER_FEATURES, 1);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        w(&mut t, reg::QUEUE_SEL, 0);
+        w(&mut t, reg::QUEUE_NUM, 8);
+        w(&mut t, reg::QUEUE_DESC_LOW, 0x1000);
+        w(&mut t, reg::QUEUE_DRIVER_LOW, 0x2000);
+        w(&mut t, reg::QUEUE_DEVICE_LOW, 0x3000);
+        w(&mut t, reg::QUEUE_READY, 1);
+        assert!(!t.is_activated());
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
+        assert!(t.is_activated());
+        w(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(t.queue_notify_eventfd(0).unwrap().read().unwrap(), 1);
+        // After activation a reset is not honoured: the device says it needs one.
+        w(&mut t, reg::STATUS, 0);
+        assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
     }
 }

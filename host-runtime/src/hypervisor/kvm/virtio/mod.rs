@@ -70,7 +70,8 @@ impl Interrupt {
 
     /// Tells the driver that a queue has new used buffers.
     pub fn signal_used_queue(&self) {
-        self.status.fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
+        self.status
+            .fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
         // An eventfd write only fails when the counter would overflow, i.e. the interrupt is
         // already pending.
         let _ = self.irqfd.write(1);

@@ -337,7 +337,8 @@ impl Muxer {
                 self.control.extend(update);
             }
             (OP_SHUTDOWN, _) => {
-                let both = pkt.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND;
+                let both =
+                    pkt.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND;
                 if both {
                     self.write_stream(key);
                     return self.reset(key);
@@ -575,8 +576,7 @@ impl Muxer {
                 buf.truncate(n);
                 conn.to_guest = buf;
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
             Err(_) => self.host_closed(key),
         }
     }
@@ -691,14 +691,13 @@ impl Muxer {
                 break;
             };
             let head = chain.head_index();
-            let (len, sent) =
-                match VsockPacket::from_rx_virtq_chain(&mem, &mut chain, u32::MAX) {
-                    Ok(mut guest) => pkt.write_to_guest(&mut guest),
-                    Err(e) => {
-                        tracing::warn!("virtio-vsock: unusable rx buffer from the guest: {e:?}");
-                        (0, 0)
-                    }
-                };
+            let (len, sent) = match VsockPacket::from_rx_virtq_chain(&mem, &mut chain, u32::MAX) {
+                Ok(mut guest) => pkt.write_to_guest(&mut guest),
+                Err(e) => {
+                    tracing::warn!("virtio-vsock: unusable rx buffer from the guest: {e:?}");
+                    (0, 0)
+                }
+            };
             if self.rx.queue.add_used(&mem, head, len).is_err() {
                 tracing::warn!("virtio-vsock: the rx used ring is not writable");
             }

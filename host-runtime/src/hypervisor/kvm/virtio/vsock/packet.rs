@@ -96,9 +96,6 @@ impl Packet {
             .set_buf_alloc(self.buf_alloc)
             .set_fwd_cnt(self.fwd_cnt)
             .set_len(n as u32);
-        (
-            (virtio_vsock::packet::PKT_HEADER_SIZE + n) as u32,
-            n,
-        )
+        ((virtio_vsock::packet::PKT_HEADER_SIZE + n) as u32, n)
     }
 }
