@@ -1,4 +1,4 @@
-//! Builds the vsock test guest (`test-guest/vsock_guest.c`): freestanding 64-bit code for the
+//! Builds the virtio test guest (`test-guest/virtio_guest.c`): freestanding 64-bit code for the
 //! built-in KVM monitor's tests, compiled by the host's C compiler (`$CC`, default `cc`; the same
 //! one rustc links with) with general-purpose registers only, linked into a flat image at 1 MiB
 //! (`test-guest/link.ld`). Why C: see the comment at the top of the source.
@@ -9,13 +9,13 @@ use std::process::Command;
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"));
-    let source = manifest.join("test-guest/vsock_guest.c");
+    let source = manifest.join("test-guest/virtio_guest.c");
     let script = manifest.join("test-guest/link.ld");
     println!("cargo:rerun-if-changed={}", source.display());
     println!("cargo:rerun-if-changed={}", script.display());
     println!("cargo:rerun-if-env-changed=CC");
     let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-    let image = out.join("vsock-test-guest.bin");
+    let image = out.join("virtio-test-guest.bin");
     let status = Command::new(&cc)
         .args(["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror"])
         .args([
@@ -42,13 +42,13 @@ fn main() {
         .status()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot run the C compiler {cc:?} to build the vsock test guest: {e} \
+                "cannot run the C compiler {cc:?} to build the virtio test guest: {e} \
                  (install gcc: scripts/setup does)"
             )
         });
     assert!(
         status.success(),
-        "building the vsock test guest ({}) with {cc:?} failed: {status}",
+        "building the virtio test guest ({}) with {cc:?} failed: {status}",
         source.display()
     );
 }

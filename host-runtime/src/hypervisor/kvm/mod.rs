@@ -122,6 +122,7 @@ pub struct KvmVmBuilder {
     guest: Option<Guest>,
     serial: Option<SerialOut>,
     vsock: Option<(u64, PathBuf)>,
+    disks: Vec<(PathBuf, bool)>,
     confidential: Option<ConfidentialLaunch>,
 }
 
@@ -168,6 +169,13 @@ impl KvmVmBuilder {
         self
     }
 
+    /// A virtio-blk disk over the host file `path` (read-only if `read_only`). Disks follow the
+    /// vsock device in the virtio-mmio slots, in the order given.
+    pub fn disk(mut self, path: impl Into<PathBuf>, read_only: bool) -> Self {
+        self.disks.push((path.into(), read_only));
+        self
+    }
+
     /// Launches a confidential guest instead of a payload: `build` creates a `KVM_X86_SNP_VM` /
     /// `KVM_X86_TDX_VM`, loads the firmware and runs the launch sequence
     /// ([`launch::snp::launch`] / [`launch::tdx::launch`]) through [`launch::KvmLaunchOps`].
@@ -204,6 +212,9 @@ impl KvmVmBuilder {
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
         if let Some((cid, path)) = &self.vsock {
             devices.push(Box::new(VsockDevice::new(*cid, path)?));
+        }
+        for (path, read_only) in &self.disks {
+            devices.push(Box::new(virtio::block::BlockDevice::new(path, *read_only)?));
         }
         if !devices.is_empty() {
             // The IOAPIC the devices' GSIs are pins of (and a LAPIC per vCPU); before any vCPU.
@@ -471,6 +482,7 @@ impl KvmVm {
             guest: None,
             serial: None,
             vsock: None,
+            disks: Vec::new(),
             confidential: None,
         }
     }

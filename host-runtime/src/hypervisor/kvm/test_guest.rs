@@ -101,15 +101,17 @@ mod tests {
     }
 }
 
-/// The vsock test guest (`host-runtime/test-guest/vsock_guest.c`, built by `build.rs`): a flat
-/// image loaded and entered at [`super::cpu::PAYLOAD_START`]. It prints [`VSOCK_GUEST_HELLO`],
-/// drives the first virtio-mmio device as virtio-vsock: connects to host port
-/// [`VSOCK_GUEST_HOST_PORT`], sends [`VSOCK_GUEST_PING`] and prints the answer; then listens on
-/// [`VSOCK_GUEST_LISTEN_PORT`] and echoes what it receives upper-cased until the host closes;
-/// prints [`VSOCK_GUEST_DONE`] and resets. On anything unexpected it prints
-/// `podvm test guest: error: …` and triple-faults. Needs at least 4 MiB of guest memory.
-pub const VSOCK_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vsock-test-guest.bin"));
-/// What the vsock test guest prints first.
+/// The virtio test guest (`host-runtime/test-guest/virtio_guest.c`, built by `build.rs`): a flat
+/// image loaded and entered at [`super::cpu::PAYLOAD_START`]; needs at least 4 MiB of guest
+/// memory. It prints [`VSOCK_GUEST_HELLO`] and scans the virtio-mmio slots. For each virtio-blk
+/// disk it prints `disk of N sectors, read-only|read-write`, sector 0's first line, the status of
+/// writing `written by the guest` to sector 1, the status of a read past the end and the disk's
+/// serial. Then, with a vsock device, it connects to host port [`VSOCK_GUEST_HOST_PORT`], sends
+/// [`VSOCK_GUEST_PING`] and prints the answer, listens on [`VSOCK_GUEST_LISTEN_PORT`] and echoes
+/// what it receives upper-cased until the host closes. Last it prints [`VSOCK_GUEST_DONE`] and
+/// resets. On anything unexpected it prints `podvm test guest: error: …` and triple-faults.
+pub const VIRTIO_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/virtio-test-guest.bin"));
+/// What the virtio test guest prints first.
 pub const VSOCK_GUEST_HELLO: &str = "podvm test guest: hello\n";
 /// What it prints last, before the reset.
 pub const VSOCK_GUEST_DONE: &str = "podvm test guest: done\n";

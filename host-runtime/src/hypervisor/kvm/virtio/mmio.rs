@@ -321,9 +321,9 @@ mod tests {
 
     #[test]
     fn the_vsock_test_guest_looks_for_the_device_where_the_monitor_puts_it() {
-        let source = include_str!("../../../../test-guest/vsock_guest.c");
+        let source = include_str!("../../../../test-guest/virtio_guest.c");
         let define = format!("#define VIRTIO_MMIO_BASE {:#x}UL", VIRTIO_MMIO_BASE.0);
-        assert!(source.contains(&define), "vsock_guest.c lacks `{define}`");
+        assert!(source.contains(&define), "virtio_guest.c lacks `{define}`");
     }
 
     struct Dummy;

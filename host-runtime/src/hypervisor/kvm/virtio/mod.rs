@@ -5,8 +5,10 @@
 //! an [`Interrupt`] (a KVM irqfd on the device's GSI) to the device, which serves them on a thread
 //! of its own.
 //!
-//! Devices: [`vsock`] (the hybrid Unix-socket vsock of Firecracker and vhost-device-vsock).
+//! Devices: [`vsock`] (the hybrid Unix-socket vsock of Firecracker and vhost-device-vsock) and
+//! [`block`] (virtio-blk over a host file, read-only or read-write).
 
+pub mod block;
 pub mod mmio;
 pub mod vsock;
 

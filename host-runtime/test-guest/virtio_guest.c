@@ -1,6 +1,6 @@
 /*
- * The vsock test guest: freestanding 64-bit code (no OS, no interrupts) that podvm's built-in KVM
- * monitor runs to prove its virtio-mmio vsock device end to end. host-runtime/build.rs compiles
+ * The virtio test guest: freestanding 64-bit code (no OS, no interrupts) that podvm's built-in KVM
+ * monitor runs to prove its virtio-mmio devices (vsock, block) end to end. host-runtime/build.rs compiles
  * it with the host's C compiler into a flat image loaded and entered at 1 MiB by the same 64-bit
  * boot path as a kernel (cpu::setup_long_mode: paging on, 0-4 GiB identity-mapped, so
  * guest-physical addresses are usable as pointers).
@@ -11,7 +11,11 @@
  * breaking its float ABI.
  *
  * What it does, printing each step on COM1:
- *  1. finds a virtio-mmio (version 2) vsock device at VIRTIO_MMIO_BASE, negotiates
+ *  0. scans the virtio-mmio slots; for each virtio-blk disk: prints its size and whether it is
+ *     read-only, reads sector 0 and prints its first line, writes a note to sector 1 and prints
+ *     the status, reads past the end and prints the status, prints the disk's serial (GET_ID);
+ *     without a vsock device it then prints DONE and resets;
+ *  1. finds the virtio-mmio (version 2) vsock device, negotiates
  *     VIRTIO_F_VERSION_1, sets up the rx/tx/event split virtqueues, reads its CID;
  *  2. connects to the host's port 1025, sends PING, prints the reply, shuts the connection down
  *     and waits for the host's RST;
@@ -21,8 +25,10 @@
  * Anything unexpected prints "podvm test guest: error: ..." and executes ud2 with no IDT, i.e. a
  * triple fault, which the monitor reports as an error.
  *
- * Guest memory map (below 4 MiB): code/data at 1 MiB; stack below 0x2ffff0; the three virtqueues
- * at 0x300000, 0x301000, 0x302000; rx buffers at 0x310000 + i * 4 KiB; the tx buffer at 0x320000.
+ * Guest memory map (below 4 MiB): code/data at 1 MiB; stack below 0x2ffff0; the three vsock
+ * virtqueues at 0x300000, 0x301000, 0x302000, the disk's at 0x303000; rx buffers at
+ * 0x310000 + i * 4 KiB; the tx buffer at 0x320000; a disk request's header, data and status at
+ * 0x330000, 0x331000, 0x332000.
  */
 
 typedef unsigned char u8;
@@ -78,6 +84,17 @@ typedef unsigned long usize;
 #define TX_BUFFER 0x320000UL
 #define DESC_F_WRITE 2
 
+/* virtio-blk (virtio 1.2, 5.2). */
+#define VIRTIO_ID_BLOCK 2
+#define BLK_F_RO (1u << 5)
+#define BLK_T_IN 0
+#define BLK_T_OUT 1
+#define BLK_T_GET_ID 8
+#define BLK_QUEUE 0x303000UL
+#define BLK_HEADER 0x330000UL
+#define BLK_DATA 0x331000UL
+#define BLK_STATUS 0x332000UL
+
 /* The vsock packet header (virtio 1.2, 5.10.6): 44 bytes, little-endian. */
 #define HDR_LEN 44
 #define OP_REQUEST 1
@@ -126,22 +143,26 @@ static __attribute__((noreturn)) void reset(void) {
     for (;;) __asm__ volatile("hlt");
 }
 
-static u32 rd(usize off) { return *(volatile u32 *)(VIRTIO_MMIO_BASE + off); }
-static void wr(usize off, u32 v) { *(volatile u32 *)(VIRTIO_MMIO_BASE + off) = v; }
+/* The register window of the device being driven (slot i at VIRTIO_MMIO_BASE + i * 4 KiB). */
+static usize dev = VIRTIO_MMIO_BASE;
+static u32 rd(usize off) { return *(volatile u32 *)(dev + off); }
+static void wr(usize off, u32 v) { *(volatile u32 *)(dev + off) = v; }
 #define PEEK(type, addr) (*(volatile type *)(usize)(addr))
 #define POKE(type, addr, v) (*(volatile type *)(usize)(addr) = (type)(v))
 
 /* A split virtqueue: descriptor table, then the available ring, then the used ring. */
 struct queue {
+    usize mem;
     u32 index;
     u16 next_avail;
     u16 last_used;
 };
-static usize q_desc(const struct queue *q) { return queue_mem[q->index]; }
+static usize q_desc(const struct queue *q) { return q->mem; }
 static usize q_avail(const struct queue *q) { return q_desc(q) + 16 * QUEUE_SIZE; }
 static usize q_used(const struct queue *q) { return (q_avail(q) + 6 + 2 * QUEUE_SIZE + 3) & ~3UL; }
 
-static void q_setup(struct queue *q, u32 index) {
+static void q_setup(struct queue *q, u32 index, usize mem) {
+    q->mem = mem;
     q->index = index;
     q->next_avail = 0;
     q->last_used = 0;
@@ -166,6 +187,23 @@ static void q_offer(struct queue *q, u16 slot, usize addr, u32 len, int device_w
     POKE(u16, d + 12, device_writes ? DESC_F_WRITE : 0);
     POKE(u16, d + 14, 0);
     POKE(u16, q_avail(q) + 4 + 2 * (usize)(q->next_avail % QUEUE_SIZE), slot);
+    barrier();
+    q->next_avail++;
+    POKE(u16, q_avail(q) + 2, q->next_avail);
+    barrier();
+    wr(QUEUE_NOTIFY, q->index);
+}
+
+/* Offers a chain of `n` descriptors (slots 0..n-1) and notifies the device. */
+static void q_offer_chain(struct queue *q, const usize *addr, const u32 *len, const int *device_writes, u16 n) {
+    for (u16 i = 0; i < n; i++) {
+        usize d = q_desc(q) + 16 * (usize)i;
+        POKE(u64, d, addr[i]);
+        POKE(u32, d + 8, len[i]);
+        POKE(u16, d + 12, (device_writes[i] ? DESC_F_WRITE : 0) | (i + 1 < n ? 1 : 0)); /* NEXT */
+        POKE(u16, d + 14, i + 1 < n ? i + 1 : 0);
+    }
+    POKE(u16, q_avail(q) + 4 + 2 * (usize)(q->next_avail % QUEUE_SIZE), 0);
     barrier();
     q->next_avail++;
     POKE(u16, q_avail(q) + 2, q->next_avail);
@@ -254,27 +292,93 @@ static void expect(u16 op, struct header *h, u8 *data, u32 *n) {
     }
 }
 
-static void init_device(void) {
-    if (rd(MAGIC) != 0x74726976) fail("no virtio-mmio device at 0xd0000000, magic", rd(MAGIC));
-    if (rd(VERSION) != 2 || rd(DEVICE_ID) != VIRTIO_ID_VSOCK)
-        fail("not a virtio 1.x vsock device, device id", rd(DEVICE_ID));
+/* Resets the device and negotiates VIRTIO_F_VERSION_1 (plus the read-only bit if offered). */
+static void negotiate(void) {
     wr(STATUS, 0);
     wr(STATUS, S_ACKNOWLEDGE);
     wr(STATUS, S_ACKNOWLEDGE | S_DRIVER);
     wr(DEVICE_FEATURES_SEL, 1);
     if (!(rd(DEVICE_FEATURES) & 1)) fail("device lacks VIRTIO_F_VERSION_1, features[1]", rd(DEVICE_FEATURES));
+    wr(DEVICE_FEATURES_SEL, 0);
+    u32 low = rd(DEVICE_FEATURES) & BLK_F_RO;
     wr(DRIVER_FEATURES_SEL, 0);
-    wr(DRIVER_FEATURES, 0);
+    wr(DRIVER_FEATURES, low);
     wr(DRIVER_FEATURES_SEL, 1);
     wr(DRIVER_FEATURES, 1); /* VIRTIO_F_VERSION_1 (bit 32) */
     wr(STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
     if (!(rd(STATUS) & S_FEATURES_OK)) fail("device refused the features, status", rd(STATUS));
-    q_setup(&rxq, RXQ);
-    q_setup(&txq, TXQ);
-    q_setup(&evq, EVQ);
+}
+
+static void init_vsock(void) {
+    negotiate();
+    q_setup(&rxq, RXQ, queue_mem[RXQ]);
+    q_setup(&txq, TXQ, queue_mem[TXQ]);
+    q_setup(&evq, EVQ, queue_mem[EVQ]);
     cid = (u64)rd(CONFIG) | ((u64)rd(CONFIG + 4) << 32);
     wr(STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
     for (u16 i = 0; i < RX_BUFFER_COUNT; i++) q_offer(&rxq, i, RX_BUFFERS + (usize)i * BUFFER_SIZE, BUFFER_SIZE, 1);
+}
+
+/* One virtio-blk request: header, optional data, status; returns the status byte. */
+static u8 blk_request(struct queue *q, u32 type, u64 sector, u32 data_len, int device_writes_data) {
+    POKE(u32, BLK_HEADER, type);
+    POKE(u32, BLK_HEADER + 4, 0);
+    POKE(u64, BLK_HEADER + 8, sector);
+    POKE(u8, BLK_STATUS, 0xff);
+    usize addr[3] = {BLK_HEADER, BLK_DATA, BLK_STATUS};
+    u32 len[3] = {16, data_len, 1};
+    int w[3] = {0, device_writes_data, 1};
+    if (data_len) {
+        q_offer_chain(q, addr, len, w, 3);
+    } else {
+        usize a2[2] = {BLK_HEADER, BLK_STATUS};
+        u32 l2[2] = {16, 1};
+        int w2[2] = {0, 1};
+        q_offer_chain(q, a2, l2, w2, 2);
+    }
+    u32 written;
+    q_take_used(q, &written);
+    return PEEK(u8, BLK_STATUS);
+}
+
+static const u8 disk_note[] = "written by the guest";
+
+/* Reads sector 0 and prints its first line, writes `disk_note` to sector 1, reads the serial. */
+static void test_disk(void) {
+    negotiate();
+    wr(DEVICE_FEATURES_SEL, 0);
+    int ro = (rd(DEVICE_FEATURES) & BLK_F_RO) != 0;
+    struct queue q;
+    q_setup(&q, 0, BLK_QUEUE);
+    u64 sectors = (u64)rd(CONFIG) | ((u64)rd(CONFIG + 4) << 32);
+    wr(STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    puts("podvm test guest: disk of ");
+    put_u64(sectors);
+    puts(ro ? " sectors, read-only\n" : " sectors, read-write\n");
+    u8 st = blk_request(&q, BLK_T_IN, 0, 512, 1);
+    if (st != 0) fail("disk read failed, status", st);
+    puts("podvm test guest: disk sector 0: ");
+    usize i = 0;
+    while (i < 64 && PEEK(u8, BLK_DATA + i) >= 0x20 && PEEK(u8, BLK_DATA + i) < 0x7f) i++;
+    puts_n((const char *)BLK_DATA, i);
+    puts("\n");
+    for (i = 0; i < 512; i++) POKE(u8, BLK_DATA + i, i < sizeof disk_note - 1 ? disk_note[i] : 0);
+    st = blk_request(&q, BLK_T_OUT, 1, 512, 0);
+    puts("podvm test guest: disk write status ");
+    put_u64(st);
+    puts("\n");
+    st = blk_request(&q, BLK_T_IN, sectors, 512, 1);
+    puts("podvm test guest: read past the end status ");
+    put_u64(st);
+    puts("\n");
+    for (i = 0; i < 20; i++) POKE(u8, BLK_DATA + i, 0);
+    st = blk_request(&q, BLK_T_GET_ID, 0, 20, 1);
+    if (st != 0) fail("disk GET_ID failed, status", st);
+    puts("podvm test guest: disk id ");
+    i = 0;
+    while (i < 20 && PEEK(u8, BLK_DATA + i)) i++;
+    puts_n((const char *)BLK_DATA, i);
+    puts("\n");
 }
 
 static const u8 ping[] = "ping from the guest";
@@ -285,7 +389,21 @@ void __attribute__((noreturn, used)) guest_main(void) {
     u32 n;
 
     puts("podvm test guest: hello\n");
-    init_device();
+    usize vsock_dev = 0;
+    for (usize slot = 0; slot < 4; slot++) {
+        dev = VIRTIO_MMIO_BASE + slot * 0x1000;
+        if (rd(MAGIC) != 0x74726976) break;
+        if (rd(VERSION) != 2) fail("not a virtio 1.x device, version", rd(VERSION));
+        if (rd(DEVICE_ID) == VIRTIO_ID_BLOCK) test_disk();
+        else if (rd(DEVICE_ID) == VIRTIO_ID_VSOCK) vsock_dev = dev;
+        else fail("unknown virtio device id", rd(DEVICE_ID));
+    }
+    if (!vsock_dev) {
+        puts("podvm test guest: done\n");
+        reset();
+    }
+    dev = vsock_dev;
+    init_vsock();
     puts("podvm test guest: vsock cid ");
     put_u64(cid);
     puts("\n");

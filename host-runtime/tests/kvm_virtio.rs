@@ -1,7 +1,8 @@
-//! The built-in monitor's virtio-vsock device on this machine's /dev/kvm, end to end: the vsock
-//! test guest (`host-runtime/test-guest/vsock_guest.c`) drives the virtio-mmio device through
-//! real KVM MMIO exits, ioeventfds and an irqfd, and talks to this test through the hybrid
-//! Unix socket, in both directions. Never skipped: a host without a usable KVM fails it.
+//! The built-in monitor's virtio devices on this machine's /dev/kvm, end to end: the virtio
+//! test guest (`host-runtime/test-guest/virtio_guest.c`) drives the virtio-mmio devices through
+//! real KVM MMIO exits, ioeventfds and irqfds: it talks to this test through the vsock device's
+//! hybrid Unix socket, in both directions, and reads and writes virtio-blk disks backed by files
+//! here. Never skipped: a host without a usable KVM fails it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -36,8 +37,10 @@ impl Captured {
 fn vm(socket: &Path, out: &Captured) -> KvmVm {
     KvmVm::builder()
         .memory_mib(16)
-        .payload(test_guest::VSOCK_GUEST.to_vec(), PAYLOAD_START)
+        .payload(test_guest::VIRTIO_GUEST.to_vec(), PAYLOAD_START)
         .vsock(3, socket)
+        // A second device next to the vsock one (slot 1, its own IRQ and queue).
+        .disk(disk_image(socket.parent().unwrap(), "beside the vsock"), true)
         .serial(Box::new(out.clone()))
         .build()
         .unwrap_or_else(|e| panic!("cannot create the KVM VM (this test needs /dev/kvm): {e}"))
@@ -128,6 +131,10 @@ fn vsock_round_trips_through_the_hybrid_socket_both_ways() {
         "{console}"
     );
     assert!(
+        console.contains("podvm test guest: disk sector 0: beside the vsock\n"),
+        "{console}"
+    );
+    assert!(
         console.contains("podvm test guest: vsock cid 3\n"),
         "the guest read its CID from the device's config space: {console}"
     );
@@ -163,7 +170,7 @@ fn a_busy_socket_path_is_a_clear_error() {
     let _taken = UnixListener::bind(&socket).unwrap();
     let err = KvmVm::builder()
         .memory_mib(16)
-        .payload(test_guest::VSOCK_GUEST.to_vec(), PAYLOAD_START)
+        .payload(test_guest::VIRTIO_GUEST.to_vec(), PAYLOAD_START)
         .vsock(3, &socket)
         .build()
         .unwrap_err();
@@ -174,5 +181,88 @@ fn a_busy_socket_path_is_a_clear_error() {
             socket.display()
         )) && msg.ends_with("(remove a stale socket or pick another path)"),
         "{msg}"
+    );
+}
+
+fn disk_image(dir: &Path, first_line: &str) -> PathBuf {
+    let path = dir.join("disk.img");
+    let mut bytes = vec![0u8; 8 * 512];
+    bytes[..first_line.len()].copy_from_slice(first_line.as_bytes());
+    bytes[first_line.len()] = b'\n';
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn run_disk_guest(disk: &Path, read_only: bool) -> (String, Vec<u8>) {
+    let out = Captured::default();
+    let report = KvmVm::builder()
+        .memory_mib(16)
+        .payload(test_guest::VIRTIO_GUEST.to_vec(), PAYLOAD_START)
+        .disk(disk, read_only)
+        .serial(Box::new(out.clone()))
+        .build()
+        .unwrap_or_else(|e| panic!("cannot create the KVM VM (this test needs /dev/kvm): {e}"))
+        .run(DEADLINE)
+        .unwrap_or_else(|e| panic!("the disk guest failed: {e}\nconsole:\n{}", out.text()));
+    assert_eq!(report.reason, ExitReason::Reset);
+    (out.text(), std::fs::read(disk).unwrap())
+}
+
+#[test]
+fn a_read_write_disk_is_read_and_written_by_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk_image(dir.path(), "podvm disk: sector zero");
+    let (console, after) = run_disk_guest(&disk, false);
+    let expected = "podvm test guest: hello\n\
+        podvm test guest: disk of 8 sectors, read-write\n\
+        podvm test guest: disk sector 0: podvm disk: sector zero\n\
+        podvm test guest: disk write status 0\n\
+        podvm test guest: read past the end status 1\n\
+        podvm test guest: disk id disk.img\n\
+        podvm test guest: done\n";
+    assert_eq!(console, expected);
+    let note = b"written by the guest";
+    assert_eq!(
+        &after[512..512 + note.len()],
+        note,
+        "sector 1 holds the guest's write"
+    );
+    assert!(after[512 + note.len()..1024].iter().all(|&b| b == 0));
+    assert_eq!(after.len(), 8 * 512);
+}
+
+#[test]
+fn a_read_only_disk_refuses_the_guests_write_and_stays_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk_image(dir.path(), "initdata");
+    let before = std::fs::read(&disk).unwrap();
+    let (console, after) = run_disk_guest(&disk, true);
+    assert!(
+        console.contains("podvm test guest: disk of 8 sectors, read-only\n"),
+        "{console}"
+    );
+    assert!(
+        console.contains("podvm test guest: disk sector 0: initdata\n"),
+        "{console}"
+    );
+    assert!(
+        console.contains("podvm test guest: disk write status 1\n"),
+        "the write is refused with VIRTIO_BLK_S_IOERR: {console}"
+    );
+    assert_eq!(after, before, "a read-only disk is never written");
+}
+
+#[test]
+fn a_missing_disk_image_is_a_clear_error() {
+    let err = KvmVm::builder()
+        .memory_mib(16)
+        .payload(test_guest::VIRTIO_GUEST.to_vec(), PAYLOAD_START)
+        .disk("/nonexistent/disk.img", true)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid VM configuration: cannot open the disk image /nonexistent/disk.img: No such file \
+         or directory (os error 2) (check the path and its permissions)"
     );
 }
