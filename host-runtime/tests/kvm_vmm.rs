@@ -149,3 +149,72 @@ fn spinning_guest_is_stopped_by_its_stop_handle() {
     assert_eq!(report.reason, ExitReason::Stopped);
     assert_eq!(report.first_output, None);
 }
+
+fn build_smp(payload: &[u8], vcpus: u8, out: &Captured) -> KvmVm {
+    KvmVm::builder()
+        .memory_mib(64)
+        .vcpus(vcpus)
+        .payload(payload.to_vec(), PAYLOAD_START)
+        .serial(Box::new(out.clone()))
+        .build()
+        .unwrap_or_else(|e| panic!("cannot create a {vcpus}-vCPU KVM VM on this machine: {e}"))
+}
+
+#[test]
+fn several_vcpus_run_with_the_bsp_at_the_entry_and_all_threads_end() {
+    // vCPU 0 runs the payload; the others wait for SIPI in their in-kernel LAPIC (blocked in
+    // KVM_RUN) and are kicked out when vCPU 0's reset ends the VM — `run` returns only once
+    // every vCPU thread has ended.
+    for vcpus in [2, 4] {
+        let out = Captured::default();
+        let report = build_smp(&test_guest::HELLO, vcpus, &out)
+            .run(DEADLINE)
+            .unwrap_or_else(|e| panic!("{vcpus} vCPUs: {e}"));
+        assert_eq!(report.reason, ExitReason::Reset, "{vcpus} vCPUs");
+        assert_eq!(out.0.lock().unwrap().as_slice(), test_guest::HELLO_MESSAGE);
+    }
+}
+
+#[test]
+fn a_fault_on_the_bsp_of_a_multi_vcpu_vm_is_reported_as_such() {
+    let err = build_smp(&test_guest::TRIPLE_FAULT, 3, &Captured::default())
+        .run(DEADLINE)
+        .expect_err("ud2 without an IDT cannot end cleanly");
+    assert!(matches!(err, KvmVmError::TripleFault { .. }), "{err}");
+}
+
+#[test]
+fn a_spinning_multi_vcpu_vm_is_stopped_at_its_deadline_and_by_its_handle() {
+    let deadline = Duration::from_millis(200);
+    let err = build_smp(&test_guest::SPIN, 4, &Captured::default())
+        .run(deadline)
+        .expect_err("a spinning guest cannot end by itself");
+    assert!(
+        matches!(err, KvmVmError::DeadlineExceeded { deadline: d } if d == deadline),
+        "{err}"
+    );
+    let vm = build_smp(&test_guest::SPIN, 2, &Captured::default());
+    let stop = vm.stop_handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        stop.stop();
+    });
+    let report = vm.run(DEADLINE).expect("a stopped VM is a clean end");
+    stopper.join().unwrap();
+    assert_eq!(report.reason, ExitReason::Stopped);
+}
+
+#[test]
+fn a_vcpu_count_out_of_range_is_a_clear_error() {
+    for vcpus in [0, 65] {
+        let err = KvmVm::builder()
+            .vcpus(vcpus)
+            .payload(test_guest::HELLO.to_vec(), PAYLOAD_START)
+            .build()
+            .expect_err("out of range");
+        assert_eq!(
+            err.to_string(),
+            format!("invalid VM configuration: {vcpus} vCPUs requested; use 1..=64")
+        );
+    }
+}

@@ -123,6 +123,7 @@ pub struct KvmVmBuilder {
     serial: Option<SerialOut>,
     vsock: Option<(u64, PathBuf)>,
     disks: Vec<(PathBuf, bool)>,
+    vcpus: u8,
     confidential: Option<ConfidentialLaunch>,
 }
 
@@ -169,6 +170,13 @@ impl KvmVmBuilder {
         self
     }
 
+    /// The number of vCPUs (default 1, at most [`MAX_VCPUS`]). vCPU 0 starts at the entry; the
+    /// others wait, as on a PC, for the guest to start them with INIT/SIPI (in-kernel LAPIC).
+    pub fn vcpus(mut self, count: u8) -> Self {
+        self.vcpus = count;
+        self
+    }
+
     /// A virtio-blk disk over the host file `path` (read-only if `read_only`). Disks follow the
     /// vsock device in the virtio-mmio slots, in the order given.
     pub fn disk(mut self, path: impl Into<PathBuf>, read_only: bool) -> Self {
@@ -192,6 +200,12 @@ impl KvmVmBuilder {
             return self.build_confidential();
         }
         let created = Instant::now();
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(KvmVmError::Config(format!(
+                "{} vCPUs requested; use 1..={MAX_VCPUS}",
+                self.vcpus
+            )));
+        }
         let guest = self.guest.ok_or_else(|| {
             KvmVmError::Config("no payload or kernel given (use .payload or .linux)".into())
         })?;
@@ -216,9 +230,21 @@ impl KvmVmBuilder {
         for (path, read_only) in &self.disks {
             devices.push(Box::new(virtio::block::BlockDevice::new(path, *read_only)?));
         }
-        if !devices.is_empty() {
-            // The IOAPIC the devices' GSIs are pins of (and a LAPIC per vCPU); before any vCPU.
+        // The in-kernel interrupt controllers (PIC, IOAPIC, a LAPIC per vCPU) whenever anything
+        // needs interrupts: devices, more than one vCPU (APs wait for SIPI in the LAPIC), Linux.
+        // A single-vCPU payload without devices gets none, so its HLT still exits.
+        let is_linux = matches!(guest, Guest::Linux(_));
+        let irqchip = !devices.is_empty() || self.vcpus > 1 || is_linux;
+        if irqchip {
             vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+        }
+        if is_linux {
+            // The i8254 timer Linux calibrates against (the speaker port is a dummy).
+            let pit = kvm_bindings::kvm_pit_config {
+                flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            vm.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
         }
         let mmio = attach_virtio_mmio(&vm, &memory, devices)?;
         let entry = match &guest {
@@ -237,36 +263,50 @@ impl KvmVmBuilder {
             }
             Guest::Linux(spec) => {
                 let boot = loader::load_linux(&memory, spec)?;
-                mptable::write(&memory, VCPU_COUNT)?;
+                mptable::write(&memory, self.vcpus)?;
                 boot.mode.at(boot.entry)
             }
         };
 
-        let vcpu = vm
-            .create_vcpu(0)
-            .map_err(|source| KvmVmError::KvmUnavailable {
-                what: "KVM_CREATE_VCPU".into(),
-                source,
-            })?;
-        let mut cpuid = kvm
+        let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
-        cpuid::set_topology(&mut cpuid, 0, VCPU_COUNT);
-        vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
-        msrs::set_boot_msrs(&vcpu)?;
-        match entry {
-            Entry::Long64(entry) => cpu::setup_long_mode(&vcpu, &memory, entry)?,
-            Entry::Pvh32 { entry, start_info } => {
-                cpu::setup_protected_mode_32(&vcpu, &memory, entry, start_info)?
+        let mut vcpus = Vec::with_capacity(usize::from(self.vcpus));
+        for index in 0..self.vcpus {
+            let vcpu =
+                vm.create_vcpu(u64::from(index))
+                    .map_err(|source| KvmVmError::KvmUnavailable {
+                        what: format!("KVM_CREATE_VCPU {index}"),
+                        source,
+                    })?;
+            let mut cpuid = supported_cpuid.clone();
+            cpuid::set_topology(&mut cpuid, index, self.vcpus);
+            vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+            msrs::set_boot_msrs(&vcpu)?;
+            // Only the bootstrap processor gets an entry; with the in-kernel LAPIC, KVM keeps
+            // the others waiting for INIT/SIPI from the guest (as a PC's firmware leaves them).
+            if index == 0 {
+                match entry {
+                    Entry::Long64(entry) => cpu::setup_long_mode(&vcpu, &memory, entry)?,
+                    Entry::Pvh32 { entry, start_info } => {
+                        cpu::setup_protected_mode_32(&vcpu, &memory, entry, start_info)?
+                    }
+                }
             }
+            vcpus.push(vcpu);
         }
 
         let writer = FirstByteWriter::new(self.serial.unwrap_or_else(|| Box::new(std::io::sink())));
         let first_byte = writer.first_byte();
-        let bus = PioBus::new(SerialDevice::new(writer)?);
+        let serial = SerialDevice::new(writer)?;
+        if irqchip {
+            vm.register_irqfd(serial.interrupt_eventfd(), u32::from(platform::COM1_IRQ))
+                .map_err(ioctl("KVM_IRQFD"))?;
+        }
+        let bus = PioBus::new(serial);
         vcpu::install_kick_handler()?;
         Ok(KvmVm {
-            vcpu,
+            vcpus,
             bus,
             mmio,
             vm,
@@ -326,15 +366,15 @@ impl KvmVmBuilder {
             }
         }
         let (vm, vcpus, guest_memfds) = ops.into_parts();
-        let Some(vcpu) = vcpus.into_iter().next() else {
+        if vcpus.is_empty() {
             return Err(KvmVmError::Config("the launch created no vCPU".into()));
-        };
+        }
         let writer = FirstByteWriter::new(self.serial.unwrap_or_else(|| Box::new(std::io::sink())));
         let first_byte = writer.first_byte();
         let bus = PioBus::new(SerialDevice::new(writer)?);
         vcpu::install_kick_handler()?;
         Ok(KvmVm {
-            vcpu,
+            vcpus,
             bus,
             mmio: MmioBus::default(),
             vm,
@@ -381,8 +421,9 @@ fn attach_virtio_mmio(
     Ok(bus)
 }
 
-/// vCPUs per VM (one, for now; the MP table and CPUID topology already take a count).
-const VCPU_COUNT: u8 = 1;
+/// The most vCPUs a VM gets: the MP table's APIC ids (the IOAPIC's id follows the last vCPU's)
+/// and what a pod asks for in practice.
+pub const MAX_VCPUS: u8 = 64;
 
 /// The register state a vCPU starts in.
 enum Entry {
@@ -441,7 +482,8 @@ fn check_payload_placement(load_addr: GuestAddress, len: usize, memory_mib: u64)
 pub struct KvmVm {
     // Field order is drop order: the vCPU and VM file descriptors close before the guest memory
     // they point into is unmapped.
-    vcpu: VcpuFd,
+    /// vCPU 0 (the bootstrap processor) first.
+    vcpus: Vec<VcpuFd>,
     bus: PioBus,
     /// The virtio-mmio devices; dropping it stops their threads.
     mmio: MmioBus,
@@ -463,10 +505,10 @@ impl std::fmt::Debug for KvmVm {
     }
 }
 
-/// What the vCPU thread owns; dropped in field order when it ends.
-struct VcpuThread {
-    vcpu: VcpuFd,
-    bus: PioBus,
+/// What the vCPU threads share; freed when the last of them (and the controller) lets go, in
+/// field order: devices, then the VM fd, then the guest memory it points into.
+struct SharedVm {
+    bus: std::sync::Mutex<PioBus>,
     mmio: MmioBus,
     _vm: VmFd,
     _guest_memfds: Vec<std::os::fd::OwnedFd>,
@@ -483,6 +525,7 @@ impl KvmVm {
             serial: None,
             vsock: None,
             disks: Vec::new(),
+            vcpus: 1,
             confidential: None,
         }
     }
@@ -500,7 +543,7 @@ impl KvmVm {
     /// is unmapped under it).
     pub fn run(self, deadline: Duration) -> Result<ExitReport> {
         let KvmVm {
-            vcpu,
+            vcpus,
             bus,
             mmio,
             vm,
@@ -513,48 +556,90 @@ impl KvmVm {
         } = self;
         let started = Instant::now();
         let (tx, rx) = mpsc::channel();
-        let thread_stop = Arc::clone(&stop);
-        let mut owned = VcpuThread {
-            vcpu,
-            bus,
+        let shared = Arc::new(SharedVm {
+            bus: std::sync::Mutex::new(bus),
             mmio,
             _vm: vm,
             _guest_memfds,
             _memory: memory,
             _kvm,
-        };
-        let handle = std::thread::Builder::new()
-            .name("podvm-vcpu0".into())
-            .spawn(move || {
-                let result =
-                    vcpu::run_loop(&mut owned.vcpu, &mut owned.bus, &owned.mmio, &thread_stop);
-                let ended = Instant::now();
-                drop(owned);
-                let _ = tx.send((result, ended));
-            })
-            .map_err(KvmVmError::Thread)?;
+        });
+        let mut handles = Vec::new();
+        for (index, mut vcpu) in vcpus.into_iter().enumerate() {
+            let shared = Arc::clone(&shared);
+            let thread_stop = Arc::clone(&stop);
+            let tx = tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("podvm-vcpu{index}"))
+                .spawn(move || {
+                    let result = vcpu::run_loop(&mut vcpu, &shared.bus, &shared.mmio, &thread_stop);
+                    // Whatever ended this vCPU ends the VM: the others see the flag when kicked.
+                    thread_stop.store(true, Ordering::SeqCst);
+                    let ended = Instant::now();
+                    // The vCPU fd closes before this thread's share of the VM and its memory.
+                    drop(vcpu);
+                    drop(shared);
+                    let _ = tx.send((index, result, ended));
+                })
+                .map_err(KvmVmError::Thread);
+            match handle {
+                Ok(h) => handles.push(Some(h)),
+                Err(e) => {
+                    stop.store(true, Ordering::SeqCst);
+                    kick_until_joined(&mut handles);
+                    return Err(e);
+                }
+            }
+        }
+        drop(tx);
+        drop(shared);
 
+        let count = handles.len();
         let mut deadline_hit = false;
         let mut kicking_since: Option<Instant> = None;
-        let (result, ended) = loop {
+        // The first vCPU to end decides how the VM ended; the rest stop because of it.
+        let mut decisive: Option<(Result<VcpuStop>, Instant)> = None;
+        let mut ended_last = created;
+        let mut reported = 0;
+        while reported < count {
             match rx.recv_timeout(POLL_INTERVAL) {
-                Ok(report) => break report,
+                Ok((index, result, ended)) => {
+                    reported += 1;
+                    ended_last = ended_last.max(ended);
+                    if let Some(h) = handles.get_mut(index).and_then(Option::take) {
+                        let _ = h.join();
+                    }
+                    if decisive.is_none() {
+                        decisive = Some((result, ended));
+                    }
+                    continue;
+                }
                 Err(RecvTimeoutError::Disconnected) => {
-                    let why = match handle.join() {
-                        Err(panic) => panic_message(&panic),
-                        Ok(()) => "it exited without reporting".to_string(),
-                    };
-                    return Err(KvmVmError::VcpuThreadLost(why));
+                    // A thread died without reporting (it panicked): name it.
+                    for h in handles.iter_mut().filter_map(Option::take) {
+                        if h.is_finished() {
+                            let why = match h.join() {
+                                Err(panic) => panic_message(&panic),
+                                Ok(()) => "it exited without reporting".to_string(),
+                            };
+                            return Err(KvmVmError::VcpuThreadLost(why));
+                        }
+                    }
+                    return Err(KvmVmError::VcpuThreadLost(
+                        "it exited without reporting".into(),
+                    ));
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            if !deadline_hit && started.elapsed() >= deadline {
+            if !deadline_hit && decisive.is_none() && started.elapsed() >= deadline {
                 deadline_hit = true;
                 stop.store(true, Ordering::SeqCst);
             }
             if stop.load(Ordering::SeqCst) {
                 let since = *kicking_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > STOP_GRACE {
+                    // Abandoned threads keep their share of the VM: nothing is unmapped under
+                    // them.
                     return Err(if deadline_hit {
                         KvmVmError::DeadlineExceeded { deadline }
                     } else {
@@ -563,11 +648,15 @@ impl KvmVm {
                         ))
                     });
                 }
-                // A kick that lands outside KVM_RUN is lost; repeat until the thread reports.
-                let _ = handle.kill(vcpu::kick_signal());
+                // A kick that lands outside KVM_RUN is lost; repeat until every thread reports.
+                for h in handles.iter().flatten() {
+                    let _ = h.kill(vcpu::kick_signal());
+                }
             }
+        }
+        let Some((result, ended)) = decisive else {
+            return Err(KvmVmError::VcpuThreadLost("no vCPU reported".into()));
         };
-        let _ = handle.join();
         let stop_reason = result?;
         if deadline_hit && stop_reason == VcpuStop::Stopped {
             return Err(KvmVmError::DeadlineExceeded { deadline });
@@ -578,8 +667,22 @@ impl KvmVm {
                 VcpuStop::Stopped => ExitReason::Stopped,
             },
             first_output: first_byte.get().map(|t| t.duration_since(created)),
-            total: ended.duration_since(created),
+            total: ended.max(ended_last).duration_since(created),
         })
+    }
+}
+
+/// Stops and joins threads started so far (used when starting a later one failed).
+fn kick_until_joined(handles: &mut [Option<std::thread::JoinHandle<()>>]) {
+    let until = Instant::now() + STOP_GRACE;
+    for h in handles.iter_mut().filter_map(Option::take) {
+        while !h.is_finished() && Instant::now() < until {
+            let _ = h.kill(vcpu::kick_signal());
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        }
     }
 }
 

@@ -81,6 +81,12 @@ impl SerialDevice {
         })
     }
 
+    /// The UART's interrupt eventfd, to register as the irqfd of IRQ 4 when the VM has an
+    /// in-kernel interrupt controller (a Linux 8250 driver waits for THRE interrupts).
+    pub fn interrupt_eventfd(&self) -> &EventFd {
+        &self.uart.interrupt_evt().0
+    }
+
     /// Whether `port` belongs to this UART.
     pub fn claims(port: u16) -> bool {
         (COM1_BASE..COM1_BASE + COM1_PORTS).contains(&port)

@@ -90,10 +90,16 @@ fn error_for(vcpu: &mut VcpuFd, failure: Failure) -> KvmVmError {
     }
 }
 
+/// The port-I/O bus is shared by the vCPUs; a poisoned lock (a vCPU thread panicked inside a
+/// device) still holds usable device state.
+fn lock(bus: &std::sync::Mutex<PioBus>) -> std::sync::MutexGuard<'_, PioBus> {
+    bus.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Runs `vcpu` until the guest resets, fails, or `stop` is set.
 pub fn run_loop(
     vcpu: &mut VcpuFd,
-    bus: &mut PioBus,
+    bus: &std::sync::Mutex<PioBus>,
     mmio: &MmioBus,
     stop: &AtomicBool,
 ) -> Result<VcpuStop> {
@@ -102,12 +108,12 @@ pub fn run_loop(
             return Ok(VcpuStop::Stopped);
         }
         let step = match vcpu.run() {
-            Ok(VcpuExit::IoOut(port, data)) => match bus.write(port, data)? {
+            Ok(VcpuExit::IoOut(port, data)) => match lock(bus).write(port, data)? {
                 IoAction::Continue => Step::Continue,
                 IoAction::Reset => Step::Stop(VcpuStop::Reset),
             },
             Ok(VcpuExit::IoIn(port, data)) => {
-                bus.read(port, data);
+                lock(bus).read(port, data);
                 Step::Continue
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
