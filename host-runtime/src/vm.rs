@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::VmError;
-use crate::accel::{self, AccelChoice};
+use crate::accel::AccelChoice;
 use crate::agent_client::AgentClient;
 use crate::guest_image::GuestImage;
 use crate::guest_image::validate::{self, KernelFormat};
 use crate::guest_services::{EmulatedPspService, GuestServices, GuestServicesConfig};
-use crate::hypervisor::qemu::QemuBackend;
 use crate::hypervisor::{
     Accel, CONSOLE_LOG, Hypervisor, LaunchedVm, Machine, VSOCK_SOCKET, VmSpec,
 };
@@ -202,16 +201,9 @@ pub fn new_vm_id() -> String {
 impl Vm {
     /// Decides everything about a launch without starting anything: accelerator, kernel command
     /// line, and (for a TEE) the launch measurement and its reference values.
-    pub fn plan(config: &VmConfig, hypervisor: &QemuBackend) -> Result<LaunchPlan, VmError> {
+    pub fn plan(config: &VmConfig, hypervisor: &dyn Hypervisor) -> Result<LaunchPlan, VmError> {
         let kernel_format = config.validate()?;
-        let (accel, accel_reason) = accel::resolve(
-            config.accel,
-            hypervisor,
-            &config.kernel,
-            kernel_format,
-            &config.marker_initrd,
-            &config.cache_dir,
-        );
+        let (accel, accel_reason) = hypervisor.choose_accel(config, kernel_format);
         tracing::info!(accel = accel.as_str(), reason = %accel_reason, "accelerator");
         let mut extra = launch::cmdline_words(config.tee.mode(), config.initdata.is_some());
         if !config.extra_cmdline.trim().is_empty() {
@@ -223,7 +215,12 @@ impl Vm {
             kernel: config.kernel.clone(),
             kernel_format,
             initrd: config.initrd.clone(),
-            cmdline: QemuBackend::kernel_cmdline(config.machine, accel, &extra.join(" ")),
+            cmdline: hypervisor.kernel_cmdline(
+                config.machine,
+                accel,
+                &extra.join(" "),
+                config.initdata.is_some(),
+            ),
             machine: config.machine,
             accel,
             initdata_disk: None,
@@ -249,7 +246,7 @@ impl Vm {
     }
 
     /// Validates `config`, launches the VM with `hypervisor` and waits for its agent.
-    pub async fn start(config: &VmConfig, hypervisor: &QemuBackend) -> Result<Vm, VmError> {
+    pub async fn start(config: &VmConfig, hypervisor: &dyn Hypervisor) -> Result<Vm, VmError> {
         let plan = Self::plan(config, hypervisor)?;
         Self::start_planned(config, plan, hypervisor).await
     }
@@ -258,7 +255,7 @@ impl Vm {
     pub async fn start_planned(
         config: &VmConfig,
         plan: LaunchPlan,
-        hypervisor: &QemuBackend,
+        hypervisor: &dyn Hypervisor,
     ) -> Result<Vm, VmError> {
         let LaunchPlan {
             mut spec,

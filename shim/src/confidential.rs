@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use podvm_host_runtime::hypervisor::qemu::QemuBackend;
+use podvm_host_runtime::hypervisor::Hypervisor;
 use podvm_host_runtime::launch::{EMULATED_FIRMWARE, TeeLaunch};
 use podvm_host_runtime::pod::{self, KbsSettings, PolicyChoice};
 use podvm_host_runtime::vm::{Vm, VmConfig};
@@ -79,7 +79,7 @@ pub async fn start(
     shim: &ShimConfig,
     mut config: VmConfig,
     annotations: &BTreeMap<String, String>,
-    backend: &QemuBackend,
+    backend: &dyn Hypervisor,
 ) -> anyhow::Result<(Vm, ConfidentialPod)> {
     let image = image_of(annotations)?;
     config.tee = TeeLaunch::SnpEmulated {

@@ -8,6 +8,7 @@
 //! guest_dir = "/var/lib/podvm/guest"   # default: PODVM_GUEST_DIR, else /var/lib/podvm/guest
 //! vcpus = 1
 //! memory_mib = 512
+//! hypervisor = "qemu"                   # qemu | builtin (podvm's own KVM monitor)
 //! [tee]
 //! mode = "none"                         # none | snp-emulated | snp | tdx
 //! kbs_url = ""                          # required unless mode = "none"
@@ -26,6 +27,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use podvm_host_runtime::hypervisor::HypervisorKind;
 use podvm_host_runtime::launch::TeeMode;
 use serde::Deserialize;
 
@@ -45,6 +47,8 @@ pub struct VmSection {
     pub guest_dir: PathBuf,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// The backend that runs the pods' VMs: `qemu` or `builtin`.
+    pub hypervisor: HypervisorKind,
 }
 
 impl Default for VmSection {
@@ -53,6 +57,7 @@ impl Default for VmSection {
             guest_dir: podvm_host_runtime::paths::guest_dir(),
             vcpus: 1,
             memory_mib: 512,
+            hypervisor: HypervisorKind::Qemu,
         }
     }
 }

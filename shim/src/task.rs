@@ -45,7 +45,6 @@ use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use podvm_host_runtime::agent_client::AgentClient;
 use podvm_host_runtime::guest_image::GuestImage;
 use podvm_host_runtime::hypervisor::Machine;
-use podvm_host_runtime::hypervisor::qemu::QemuBackend;
 use podvm_host_runtime::launch::TeeMode;
 use podvm_host_runtime::vm::{Vm, VmConfig};
 use podvm_protocols::agent::ExecProcessRequest as AgentExec;
@@ -533,11 +532,11 @@ impl TaskService {
         config.memory_mib = resources.memory_mib;
         config.boot_timeout = shim.boot_timeout();
         config.shutdown_timeout = shim.stop_timeout();
-        let backend = QemuBackend::from_environment()?;
+        let backend = podvm_host_runtime::hypervisor::from_environment(shim.vm.hypervisor)?;
         match shim.tee_mode() {
             TeeMode::None => {}
             TeeMode::SnpEmulated => {
-                let (vm, pod) = confidential::start(&shim, config, annotations, &backend).await?;
+                let (vm, pod) = confidential::start(&shim, config, annotations, backend.as_ref()).await?;
                 confidential::pull(&vm, &pod, &req.id, annotations).await?;
                 return Ok((vm, Some(pod)));
             }
@@ -559,12 +558,12 @@ impl TaskService {
             rootfs::unmount(bundle);
         }
         built?;
-        let mut plan = Vm::plan(&config, &backend)?;
+        let mut plan = Vm::plan(&config, backend.as_ref())?;
         // No initdata in non-confidential mode: the first disk slot carries the rootfs, which
         // the guest mounts as a `Storage` (the agent reads /dev/vda as initdata only when
         // `podvm.initdata=` is on the command line, and it is not).
         plan.spec.initdata_disk = Some(disk);
-        Ok((Vm::start_planned(&config, plan, &backend).await?, None))
+        Ok((Vm::start_planned(&config, plan, backend.as_ref()).await?, None))
     }
 
     /// Watches the VMM: when it is gone, marks the VM dead; if nobody stopped it on purpose, the

@@ -2,6 +2,7 @@
 //! guest's vsock device as a hybrid vsock socket at `<state dir>/vsock.sock` (see
 //! [`crate::vsock`]); everything above this module is backend-agnostic.
 
+pub mod builtin;
 pub mod confidential;
 pub mod kvm;
 pub mod qemu;
@@ -100,9 +101,55 @@ impl LaunchedVm {
     }
 }
 
+/// Which hypervisor backend runs the pods (`[vm] hypervisor` in the shim configuration,
+/// `--hypervisor` on the command line).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum HypervisorKind {
+    /// QEMU (`microvm` or `q35`), KVM or TCG, with `vhost-device-vsock` (default).
+    #[default]
+    Qemu,
+    /// podvm's built-in KVM microVM monitor (`podvm vmm run`, [`kvm`]); KVM only.
+    Builtin,
+}
+
+impl HypervisorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HypervisorKind::Qemu => "qemu",
+            HypervisorKind::Builtin => "builtin",
+        }
+    }
+}
+
+/// The backend of `kind`, with the binaries it needs found in the environment.
+pub fn from_environment(
+    kind: HypervisorKind,
+) -> Result<Box<dyn Hypervisor>, crate::VmError> {
+    Ok(match kind {
+        HypervisorKind::Qemu => Box::new(qemu::QemuBackend::from_environment()?),
+        HypervisorKind::Builtin => Box::new(builtin::BuiltinBackend::from_environment()?),
+    })
+}
+
 /// A hypervisor backend.
-pub trait Hypervisor {
+pub trait Hypervisor: Send + Sync {
     fn name(&self) -> &'static str;
+    /// The accelerator for `config` and why (QEMU probes once whether KVM boots a kernel here;
+    /// the built-in monitor is KVM only).
+    fn choose_accel(&self, config: &crate::vm::VmConfig, kernel_format: KernelFormat)
+    -> (Accel, String);
+    /// The complete kernel command line: the backend's console and platform words, then
+    /// `extra`. `initdata_disk`: whether the launch attaches the initdata disk.
+    fn kernel_cmdline(
+        &self,
+        machine: Machine,
+        accel: Accel,
+        extra: &str,
+        initdata_disk: bool,
+    ) -> String;
     /// Starts the VM. Guest connections to host vsock ports arrive on `<state>/vsock.sock_<port>`;
     /// listeners for them must exist before this is called.
     fn launch(&self, spec: &VmSpec, state: &StateDir) -> Result<LaunchedVm, crate::VmError>;

@@ -160,6 +160,25 @@ impl Hypervisor for QemuBackend {
         "qemu"
     }
 
+    fn choose_accel(
+        &self,
+        config: &crate::vm::VmConfig,
+        kernel_format: crate::guest_image::validate::KernelFormat,
+    ) -> (Accel, String) {
+        crate::accel::resolve(
+            config.accel,
+            self,
+            &config.kernel,
+            kernel_format,
+            &config.marker_initrd,
+            &config.cache_dir,
+        )
+    }
+
+    fn kernel_cmdline(&self, machine: Machine, accel: Accel, extra: &str, _: bool) -> String {
+        Self::kernel_cmdline(machine, accel, extra)
+    }
+
     fn launch(&self, spec: &VmSpec, state: &StateDir) -> Result<LaunchedVm, VmError> {
         let started = Instant::now();
         let vhost_socket = state.file(VHOST_USER_SOCKET);
@@ -265,7 +284,7 @@ impl Hypervisor for QemuBackend {
     }
 }
 
-fn log_file(path: &Path) -> Result<File, VmError> {
+pub(crate) fn log_file(path: &Path) -> Result<File, VmError> {
     File::options()
         .create(true)
         .append(true)
