@@ -104,6 +104,9 @@ pub enum BenchCommand {
     /// VM boot of the same kernel (needs a containerd with podvm registered:
     /// `scripts/containerd-test start`).
     Ctr(super::bench_ctr::CtrBenchArgs),
+    /// The built-in KVM monitor (`podvm vmm run`) against QEMU starting the same PVH guest:
+    /// process start → first guest output byte, and the monitor's RSS with the guest running.
+    Vmm(super::bench_vmm::VmmBenchArgs),
 }
 
 pub async fn run(cmd: VmCommand) -> Result<()> {
@@ -221,6 +224,7 @@ pub async fn bench(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Boot { runs, vm, json } => (runs, vm, json),
         BenchCommand::Pod { runs, vm } => return super::demo::bench(runs, vm).await,
         BenchCommand::Ctr(args) => return super::bench_ctr::bench(args).await,
+        BenchCommand::Vmm(args) => return super::bench_vmm::bench(args),
     };
     let config = vm.config();
     let qemu = QemuBackend::from_environment()?;

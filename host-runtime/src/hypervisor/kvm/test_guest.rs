@@ -63,6 +63,25 @@ pub const SPIN: [u8; 2] = [
     0xeb, 0xfe, // 00: jmp 0x00
 ];
 
+/// The vsock test guest (`host-runtime/test-guest/vsock_guest.rs`, built by `build.rs`): a flat
+/// image loaded and entered at [`super::cpu::PAYLOAD_START`]. It prints [`VSOCK_GUEST_HELLO`],
+/// drives the first virtio-mmio device as virtio-vsock: connects to host port
+/// [`VSOCK_GUEST_HOST_PORT`], sends [`VSOCK_GUEST_PING`] and prints the answer; then listens on
+/// [`VSOCK_GUEST_LISTEN_PORT`] and echoes what it receives upper-cased until the host closes;
+/// prints [`VSOCK_GUEST_DONE`] and resets. On anything unexpected it prints
+/// `podvm test guest: error: …` and triple-faults. Needs at least 4 MiB of guest memory.
+pub const VSOCK_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vsock-test-guest.bin"));
+/// What the vsock test guest prints first.
+pub const VSOCK_GUEST_HELLO: &str = "podvm test guest: hello\n";
+/// What it prints last, before the reset.
+pub const VSOCK_GUEST_DONE: &str = "podvm test guest: done\n";
+/// The host port it connects to (a host listener at `<uds_path>_1025`).
+pub const VSOCK_GUEST_HOST_PORT: u32 = 1025;
+/// What it sends there.
+pub const VSOCK_GUEST_PING: &[u8] = b"ping from the guest";
+/// The port it then listens on (host: `CONNECT 1024`).
+pub const VSOCK_GUEST_LISTEN_PORT: u32 = 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,22 +119,3 @@ mod tests {
         assert_eq!(&TRIPLE_FAULT[at..at + 2], &[0x0f, 0x0b]);
     }
 }
-
-/// The vsock test guest (`host-runtime/test-guest/vsock_guest.rs`, built by `build.rs`): a flat
-/// image loaded and entered at [`super::cpu::PAYLOAD_START`]. It prints [`VSOCK_GUEST_HELLO`],
-/// drives the first virtio-mmio device as virtio-vsock: connects to host port
-/// [`VSOCK_GUEST_HOST_PORT`], sends [`VSOCK_GUEST_PING`] and prints the answer; then listens on
-/// [`VSOCK_GUEST_LISTEN_PORT`] and echoes what it receives upper-cased until the host closes;
-/// prints [`VSOCK_GUEST_DONE`] and resets. On anything unexpected it prints
-/// `podvm test guest: error: …` and triple-faults. Needs at least 4 MiB of guest memory.
-pub const VSOCK_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vsock-test-guest.bin"));
-/// What the vsock test guest prints first.
-pub const VSOCK_GUEST_HELLO: &str = "podvm test guest: hello\n";
-/// What it prints last, before the reset.
-pub const VSOCK_GUEST_DONE: &str = "podvm test guest: done\n";
-/// The host port it connects to (a host listener at `<uds_path>_1025`).
-pub const VSOCK_GUEST_HOST_PORT: u32 = 1025;
-/// What it sends there.
-pub const VSOCK_GUEST_PING: &[u8] = b"ping from the guest";
-/// The port it then listens on (host: `CONNECT 1024`).
-pub const VSOCK_GUEST_LISTEN_PORT: u32 = 1024;
