@@ -536,7 +536,8 @@ impl TaskService {
         match shim.tee_mode() {
             TeeMode::None => {}
             TeeMode::SnpEmulated => {
-                let (vm, pod) = confidential::start(&shim, config, annotations, backend.as_ref()).await?;
+                let (vm, pod) =
+                    confidential::start(&shim, config, annotations, backend.as_ref()).await?;
                 confidential::pull(&vm, &pod, &req.id, annotations).await?;
                 return Ok((vm, Some(pod)));
             }
@@ -563,7 +564,10 @@ impl TaskService {
         // the guest mounts as a `Storage` (the agent reads /dev/vda as initdata only when
         // `podvm.initdata=` is on the command line, and it is not).
         plan.spec.initdata_disk = Some(disk);
-        Ok((Vm::start_planned(&config, plan, backend.as_ref()).await?, None))
+        Ok((
+            Vm::start_planned(&config, plan, backend.as_ref()).await?,
+            None,
+        ))
     }
 
     /// Watches the VMM: when it is gone, marks the VM dead; if nobody stopped it on purpose, the

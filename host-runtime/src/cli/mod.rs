@@ -2,6 +2,7 @@
 
 mod attest;
 mod bench_ctr;
+mod bench_vmm;
 mod cleanup;
 mod demo;
 mod image;
@@ -12,6 +13,7 @@ mod measure;
 mod pod;
 mod policy;
 mod vm;
+mod vmm;
 
 use std::process::ExitCode;
 
@@ -37,6 +39,9 @@ enum Command {
     /// Run pod VMs.
     #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// The built-in KVM microVM monitor, as a process of its own.
+    #[command(subcommand)]
+    Vmm(vmm::VmmCommand),
     /// Build the guest image (kernel, initramfs with the agent).
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -123,6 +128,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Vm(cmd) => vm::run(cmd).await,
+        Command::Vmm(cmd) => vmm::run(cmd).await,
         Command::Image(cmd) => image::run(cmd).await,
         Command::Bench(cmd) => vm::bench(cmd).await,
         Command::Demo(args) => demo::run(args).await,

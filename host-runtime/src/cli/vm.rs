@@ -9,6 +9,7 @@ use podvm_host_runtime::accel::AccelChoice;
 use podvm_host_runtime::bench;
 use podvm_host_runtime::guest_image::GuestImage;
 use podvm_host_runtime::hypervisor::Machine;
+use podvm_host_runtime::hypervisor::HypervisorKind;
 use podvm_host_runtime::hypervisor::qemu::QemuBackend;
 use podvm_host_runtime::paths;
 use podvm_host_runtime::vm::{Vm, VmConfig};
@@ -35,6 +36,10 @@ pub struct VmArgs {
     /// Machine model.
     #[arg(long, value_enum, default_value_t = Machine::Microvm)]
     pub(crate) machine: Machine,
+    /// The hypervisor: QEMU, or podvm's built-in KVM monitor (a `podvm vmm run` process; needs a
+    /// KVM that boots Linux).
+    #[arg(long, value_enum, env = "PODVM_HYPERVISOR", default_value_t = HypervisorKind::Qemu)]
+    pub(crate) hypervisor: HypervisorKind,
     /// CPU accelerator: auto uses KVM only where it was proven to boot a guest.
     #[arg(long, value_enum, env = "PODVM_ACCEL", default_value_t = AccelChoice::Auto)]
     pub(crate) accel: AccelChoice,
@@ -104,6 +109,9 @@ pub enum BenchCommand {
     /// VM boot of the same kernel (needs a containerd with podvm registered:
     /// `scripts/containerd-test start`).
     Ctr(super::bench_ctr::CtrBenchArgs),
+    /// The built-in KVM monitor (`podvm vmm run`) against QEMU starting the same PVH guest:
+    /// process start → first guest output byte, and the monitor's RSS with the guest running.
+    Vmm(super::bench_vmm::VmmBenchArgs),
 }
 
 pub async fn run(cmd: VmCommand) -> Result<()> {
@@ -113,7 +121,7 @@ pub async fn run(cmd: VmCommand) -> Result<()> {
 
 async fn run_vm(args: &VmArgs, json: bool, narrate: bool) -> Result<()> {
     let config = args.config();
-    let qemu = QemuBackend::from_environment()?;
+    let backend = podvm_host_runtime::hypervisor::from_environment(args.hypervisor)?;
     if narrate {
         println!(
             "podvm demo: booting a pod VM ({} vCPU, {} MiB, {}) whose PID 1 is the podvm agent…",
@@ -122,7 +130,7 @@ async fn run_vm(args: &VmArgs, json: bool, narrate: bool) -> Result<()> {
             config.machine.as_str()
         );
     }
-    let vm = Vm::start(&config, &qemu).await?;
+    let vm = Vm::start(&config, backend.as_ref()).await?;
     let details = vm
         .agent()
         .guest_details()
@@ -221,7 +229,13 @@ pub async fn bench(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Boot { runs, vm, json } => (runs, vm, json),
         BenchCommand::Pod { runs, vm } => return super::demo::bench(runs, vm).await,
         BenchCommand::Ctr(args) => return super::bench_ctr::bench(args).await,
+        BenchCommand::Vmm(args) => return super::bench_vmm::bench(args),
     };
+    if vm.hypervisor != HypervisorKind::Qemu {
+        anyhow::bail!(
+            "podvm bench boot compares podvm's QEMU boot with a bare QEMU boot; for the built-in monitor use `podvm bench vmm`"
+        );
+    }
     let config = vm.config();
     let qemu = QemuBackend::from_environment()?;
     let report = bench::boot(&config, &qemu, runs).await?;

@@ -104,7 +104,15 @@ impl LaunchedVm {
 /// Which hypervisor backend runs the pods (`[vm] hypervisor` in the shim configuration,
 /// `--hypervisor` on the command line).
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum HypervisorKind {
@@ -125,9 +133,7 @@ impl HypervisorKind {
 }
 
 /// The backend of `kind`, with the binaries it needs found in the environment.
-pub fn from_environment(
-    kind: HypervisorKind,
-) -> Result<Box<dyn Hypervisor>, crate::VmError> {
+pub fn from_environment(kind: HypervisorKind) -> Result<Box<dyn Hypervisor>, crate::VmError> {
     Ok(match kind {
         HypervisorKind::Qemu => Box::new(qemu::QemuBackend::from_environment()?),
         HypervisorKind::Builtin => Box::new(builtin::BuiltinBackend::from_environment()?),
@@ -139,8 +145,11 @@ pub trait Hypervisor: Send + Sync {
     fn name(&self) -> &'static str;
     /// The accelerator for `config` and why (QEMU probes once whether KVM boots a kernel here;
     /// the built-in monitor is KVM only).
-    fn choose_accel(&self, config: &crate::vm::VmConfig, kernel_format: KernelFormat)
-    -> (Accel, String);
+    fn choose_accel(
+        &self,
+        config: &crate::vm::VmConfig,
+        kernel_format: KernelFormat,
+    ) -> (Accel, String);
     /// The complete kernel command line: the backend's console and platform words, then
     /// `extra`. `initdata_disk`: whether the launch attaches the initdata disk.
     fn kernel_cmdline(

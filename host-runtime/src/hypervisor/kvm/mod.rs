@@ -19,6 +19,7 @@
 //! # Ok::<(), podvm_host_runtime::hypervisor::kvm::KvmVmError>(())
 //! ```
 
+pub mod bench_guest;
 pub mod bus;
 pub mod cpu;
 pub mod cpuid;

@@ -63,6 +63,27 @@ pub const SPIN: [u8; 2] = [
     0xeb, 0xfe, // 00: jmp 0x00
 ];
 
+/// The virtio test guest (`host-runtime/test-guest/virtio_guest.c`, built by `build.rs`): a flat
+/// image loaded and entered at [`super::cpu::PAYLOAD_START`]; needs at least 4 MiB of guest
+/// memory. It prints [`VSOCK_GUEST_HELLO`] and scans the virtio-mmio slots. For each virtio-blk
+/// disk it prints `disk of N sectors, read-only|read-write`, sector 0's first line, the status of
+/// writing `written by the guest` to sector 1, the status of a read past the end and the disk's
+/// serial. Then, with a vsock device, it connects to host port [`VSOCK_GUEST_HOST_PORT`], sends
+/// [`VSOCK_GUEST_PING`] and prints the answer, listens on [`VSOCK_GUEST_LISTEN_PORT`] and echoes
+/// what it receives upper-cased until the host closes. Last it prints [`VSOCK_GUEST_DONE`] and
+/// resets. On anything unexpected it prints `podvm test guest: error: …` and triple-faults.
+pub const VIRTIO_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/virtio-test-guest.bin"));
+/// What the virtio test guest prints first.
+pub const VSOCK_GUEST_HELLO: &str = "podvm test guest: hello\n";
+/// What it prints last, before the reset.
+pub const VSOCK_GUEST_DONE: &str = "podvm test guest: done\n";
+/// The host port it connects to (a host listener at `<uds_path>_1025`).
+pub const VSOCK_GUEST_HOST_PORT: u32 = 1025;
+/// What it sends there.
+pub const VSOCK_GUEST_PING: &[u8] = b"ping from the guest";
+/// The port it then listens on (host: `CONNECT 1024`).
+pub const VSOCK_GUEST_LISTEN_PORT: u32 = 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,24 +121,3 @@ mod tests {
         assert_eq!(&TRIPLE_FAULT[at..at + 2], &[0x0f, 0x0b]);
     }
 }
-
-/// The virtio test guest (`host-runtime/test-guest/virtio_guest.c`, built by `build.rs`): a flat
-/// image loaded and entered at [`super::cpu::PAYLOAD_START`]; needs at least 4 MiB of guest
-/// memory. It prints [`VSOCK_GUEST_HELLO`] and scans the virtio-mmio slots. For each virtio-blk
-/// disk it prints `disk of N sectors, read-only|read-write`, sector 0's first line, the status of
-/// writing `written by the guest` to sector 1, the status of a read past the end and the disk's
-/// serial. Then, with a vsock device, it connects to host port [`VSOCK_GUEST_HOST_PORT`], sends
-/// [`VSOCK_GUEST_PING`] and prints the answer, listens on [`VSOCK_GUEST_LISTEN_PORT`] and echoes
-/// what it receives upper-cased until the host closes. Last it prints [`VSOCK_GUEST_DONE`] and
-/// resets. On anything unexpected it prints `podvm test guest: error: …` and triple-faults.
-pub const VIRTIO_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/virtio-test-guest.bin"));
-/// What the virtio test guest prints first.
-pub const VSOCK_GUEST_HELLO: &str = "podvm test guest: hello\n";
-/// What it prints last, before the reset.
-pub const VSOCK_GUEST_DONE: &str = "podvm test guest: done\n";
-/// The host port it connects to (a host listener at `<uds_path>_1025`).
-pub const VSOCK_GUEST_HOST_PORT: u32 = 1025;
-/// What it sends there.
-pub const VSOCK_GUEST_PING: &[u8] = b"ping from the guest";
-/// The port it then listens on (host: `CONNECT 1024`).
-pub const VSOCK_GUEST_LISTEN_PORT: u32 = 1024;

@@ -273,7 +273,7 @@ impl Muxer {
             }
             used = true;
             match parsed {
-                Ok(pkt) => self.from_guest(pkt),
+                Ok(pkt) => self.handle_guest_packet(pkt),
                 Err(e) => tracing::warn!("virtio-vsock: dropped a malformed tx packet: {e:?}"),
             }
         }
@@ -286,7 +286,7 @@ impl Muxer {
         Packet::control(op, (HOST_CID, to.dst_port), (self.cid, to.src_port))
     }
 
-    fn from_guest(&mut self, pkt: Packet) {
+    fn handle_guest_packet(&mut self, pkt: Packet) {
         if pkt.src_cid != self.cid || pkt.dst_cid != HOST_CID {
             tracing::debug!(
                 "virtio-vsock: dropped a packet from CID {} to CID {}",
