@@ -31,6 +31,8 @@ pub mod mmio;
 pub mod mptable;
 pub mod msrs;
 pub mod platform;
+pub mod privileges;
+pub mod seccomp;
 pub mod serial;
 pub mod test_guest;
 pub mod test_image;
@@ -57,8 +59,10 @@ pub use loader::{BootMode, LinuxBoot, LinuxSpec};
 use bus::PioBus;
 use cpu::BootEntry;
 use error::ioctl;
-use mmio::MmioBus;
 use launch::ConfidentialLaunch;
+use mmio::MmioBus;
+use seccomp::ThreadFilters;
+pub use seccomp::{Refusal, SeccompLevel};
 use serial::{FirstByteWriter, SerialDevice, SerialOut};
 use vcpu::VcpuStop;
 use virtio::VirtioDevice;
@@ -123,6 +127,9 @@ pub struct KvmVmBuilder {
     serial: Option<SerialOut>,
     vsock: Option<(u64, PathBuf)>,
     confidential: Option<ConfidentialLaunch>,
+    seccomp: SeccompLevel,
+    refusal: Refusal,
+    run_as: Option<(u32, u32)>,
 }
 
 impl KvmVmBuilder {
@@ -177,13 +184,56 @@ impl KvmVmBuilder {
         self
     }
 
+    /// Confines the monitor's threads with seccomp (default [`SeccompLevel::Off`]). With
+    /// [`SeccompLevel::Strict`], [`KvmVm::run`] confines the vCPU thread when it starts and the
+    /// vsock device thread confines itself when the driver activates it; the caller's thread is
+    /// only confined by [`KvmVm::run_confined`] (see the README's "Hardening" section for the
+    /// lists). Not supported with [`Self::confidential`] yet.
+    pub fn seccomp(mut self, level: SeccompLevel) -> Self {
+        self.seccomp = level;
+        self
+    }
+
+    /// What a syscall outside a thread's allow-list does (default [`Refusal::KillProcess`];
+    /// [`Refusal::Trap`] prints the syscall number and thread and exits with
+    /// [`seccomp::SECCOMP_TRAP_EXIT_CODE`]).
+    pub fn seccomp_refusal(mut self, refusal: Refusal) -> Self {
+        self.refusal = refusal;
+        self
+    }
+
+    /// Drops the whole process to `uid`/`gid` at the end of [`Self::build`] with
+    /// [`privileges::drop_to`] (supplementary groups cleared, `no_new_privs` set, regaining root
+    /// checked to fail). By then the KVM device is open, the VM, its memory slots, vCPU,
+    /// irqchip, irqfds and ioeventfds exist, guest memory is mapped and loaded, and the vsock
+    /// socket is bound (it is unlinked at the end only if the new uid may). Needs root.
+    pub fn run_as(mut self, uid: u32, gid: u32) -> Self {
+        self.run_as = Some((uid, gid));
+        self
+    }
+
     /// Creates the VM and its vCPU, loads the payload or kernel and sets up its entry (or, with
-    /// [`Self::confidential`], runs the confidential launch).
+    /// [`Self::confidential`], runs the confidential launch), then drops privileges if
+    /// [`Self::run_as`] says so.
     pub fn build(self) -> Result<KvmVm> {
-        if self.confidential.is_some() {
-            return self.build_confidential();
+        let run_as = self.run_as;
+        let vm = if self.confidential.is_some() {
+            self.build_confidential()?
+        } else {
+            self.build_plain()?
+        };
+        if let Some((uid, gid)) = run_as {
+            privileges::drop_to(uid, gid)?;
         }
+        Ok(vm)
+    }
+
+    fn build_plain(self) -> Result<KvmVm> {
         let created = Instant::now();
+        let filters = match self.seccomp {
+            SeccompLevel::Off => None,
+            SeccompLevel::Strict => Some(ThreadFilters::new(self.refusal)?),
+        };
         let guest = self.guest.ok_or_else(|| {
             KvmVmError::Config("no payload or kernel given (use .payload or .linux)".into())
         })?;
@@ -203,7 +253,8 @@ impl KvmVmBuilder {
         memory::register(&vm, &memory)?;
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
         if let Some((cid, path)) = &self.vsock {
-            devices.push(Box::new(VsockDevice::new(*cid, path)?));
+            let filter = filters.as_ref().map(|f| f.vsock.clone());
+            devices.push(Box::new(VsockDevice::with_filter(*cid, path, filter)?));
         }
         if !devices.is_empty() {
             // The IOAPIC the devices' GSIs are pins of (and a LAPIC per vCPU); before any vCPU.
@@ -265,6 +316,7 @@ impl KvmVmBuilder {
             stop: Arc::new(AtomicBool::new(false)),
             first_byte,
             created,
+            filters,
         })
     }
 
@@ -276,6 +328,12 @@ impl KvmVmBuilder {
         if self.guest.is_some() {
             return Err(KvmVmError::Config(
                 "a confidential guest boots its firmware; give no payload".into(),
+            ));
+        }
+        if self.seccomp != SeccompLevel::Off {
+            return Err(KvmVmError::Config(
+                "seccomp filters do not cover confidential launches yet; use SeccompLevel::Off"
+                    .into(),
             ));
         }
         let kvm = open_kvm(&self.kvm_device)?;
@@ -333,6 +391,7 @@ impl KvmVmBuilder {
             stop: Arc::new(AtomicBool::new(false)),
             first_byte,
             created,
+            filters: None,
         })
     }
 }
@@ -357,11 +416,19 @@ fn attach_virtio_mmio(
         let transport = MmioTransport::new(device, memory.clone(), Arc::new(irqfd))?;
         for q in 0..transport.queue_count() {
             if let Some(evt) = transport.queue_notify_eventfd(q) {
-                vm.register_ioevent(evt, &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY), q as u32)
-                    .map_err(ioctl("KVM_IOEVENTFD"))?;
+                vm.register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY),
+                    q as u32,
+                )
+                .map_err(ioctl("KVM_IOEVENTFD"))?;
             }
         }
-        bus.insert(base, VIRTIO_MMIO_SIZE, Arc::new(std::sync::Mutex::new(transport)))?;
+        bus.insert(
+            base,
+            VIRTIO_MMIO_SIZE,
+            Arc::new(std::sync::Mutex::new(transport)),
+        )?;
     }
     Ok(bus)
 }
@@ -438,6 +505,8 @@ pub struct KvmVm {
     stop: Arc<AtomicBool>,
     first_byte: Arc<OnceLock<Instant>>,
     created: Instant,
+    /// The compiled filters with [`SeccompLevel::Strict`].
+    filters: Option<ThreadFilters>,
 }
 
 impl std::fmt::Debug for KvmVm {
@@ -468,6 +537,9 @@ impl KvmVm {
             serial: None,
             vsock: None,
             confidential: None,
+            seccomp: SeccompLevel::Off,
+            refusal: Refusal::KillProcess,
+            run_as: None,
         }
     }
 
@@ -483,6 +555,25 @@ impl KvmVm {
     /// grace period, in which case it is abandoned (it still owns the guest memory, so nothing
     /// is unmapped under it).
     pub fn run(self, deadline: Duration) -> Result<ExitReport> {
+        self.run_inner(deadline, false)
+    }
+
+    /// [`Self::run`], and confines the **calling thread** with the controller filter right
+    /// after spawning the vCPU thread (needs [`SeccompLevel::Strict`]). Irreversible: the
+    /// calling thread stays confined after this returns, so call it from a thread (or process)
+    /// that only waits for the VM — `podvm vmm` — and afterwards does no more than the
+    /// controller list allows (allocate, write to open fds, lock, exit). Threads it spawns later
+    /// inherit the filter.
+    pub fn run_confined(self, deadline: Duration) -> Result<ExitReport> {
+        if self.filters.is_none() {
+            return Err(KvmVmError::Config(
+                "run_confined needs .seccomp(SeccompLevel::Strict) on the builder".into(),
+            ));
+        }
+        self.run_inner(deadline, true)
+    }
+
+    fn run_inner(self, deadline: Duration, confine_caller: bool) -> Result<ExitReport> {
         let KvmVm {
             vcpu,
             bus,
@@ -494,6 +585,7 @@ impl KvmVm {
             stop,
             first_byte,
             created,
+            filters,
         } = self;
         let started = Instant::now();
         let (tx, rx) = mpsc::channel();
@@ -507,15 +599,29 @@ impl KvmVm {
             _memory: memory,
             _kvm,
         };
+        let vcpu_filter = filters.as_ref().map(|f| f.vcpu.clone());
         let handle = std::thread::Builder::new()
             .name("podvm-vcpu0".into())
             .spawn(move || {
-                let result = vcpu::run_loop(&mut owned.vcpu, &mut owned.bus, &owned.mmio, &thread_stop);
+                let result = match vcpu_filter.as_ref().map(|f| f.apply()) {
+                    Some(Err(e)) => Err(e),
+                    _ => vcpu::run_loop(&mut owned.vcpu, &mut owned.bus, &owned.mmio, &thread_stop),
+                };
                 let ended = Instant::now();
                 drop(owned);
                 let _ = tx.send((result, ended));
             })
             .map_err(KvmVmError::Thread)?;
+        // After the spawn, so the vCPU thread does not inherit the controller filter. If it
+        // cannot be installed, the VM is stopped and the error returned once the thread reports.
+        let mut confine_error = None;
+        if confine_caller
+            && let Some(f) = &filters
+            && let Err(e) = f.controller.apply()
+        {
+            stop.store(true, Ordering::SeqCst);
+            confine_error = Some(e);
+        }
 
         let mut deadline_hit = false;
         let mut kicking_since: Option<Instant> = None;
@@ -551,6 +657,9 @@ impl KvmVm {
             }
         };
         let _ = handle.join();
+        if let Some(e) = confine_error {
+            return Err(e);
+        }
         let stop_reason = result?;
         if deadline_hit && stop_reason == VcpuStop::Stopped {
             return Err(KvmVmError::DeadlineExceeded { deadline });

@@ -64,6 +64,7 @@ pub const SPIN: [u8; 2] = [
 ];
 
 #[cfg(test)]
+#[allow(clippy::items_after_test_module)]
 mod tests {
     use super::*;
 

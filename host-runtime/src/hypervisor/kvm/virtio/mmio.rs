@@ -301,7 +301,7 @@ impl MmioDevice for MmioTransport {
             self.device.read_config(offset - reg::CONFIG, data);
             return;
         }
-        if data.len() == 4 && offset % 4 == 0 {
+        if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_u32(offset).to_le_bytes());
         } else {
             data.fill(0); // registers are 32-bit; other widths are not defined
@@ -313,7 +313,7 @@ impl MmioDevice for MmioTransport {
             return; // no device here has writable configuration
         }
         if let Ok(b) = <[u8; 4]>::try_from(data)
-            && offset % 4 == 0
+            && offset.is_multiple_of(4)
         {
             self.write_u32(offset, u32::from_le_bytes(b));
         }

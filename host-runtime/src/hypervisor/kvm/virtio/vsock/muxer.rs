@@ -286,6 +286,7 @@ impl Muxer {
         Packet::control(op, (HOST_CID, to.dst_port), (self.cid, to.src_port))
     }
 
+    #[allow(clippy::wrong_self_convention)]
     fn from_guest(&mut self, pkt: Packet) {
         if pkt.src_cid != self.cid || pkt.dst_cid != HOST_CID {
             tracing::debug!(
