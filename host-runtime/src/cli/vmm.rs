@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use podvm_host_runtime::hypervisor::kvm::bench_guest::{self, BenchGuestEnd};
 use podvm_host_runtime::hypervisor::kvm::{
-    DEFAULT_MEMORY_MIB, ExitReason, KvmVm, KvmVmError, LinuxSpec, StopHandle,
+    DEFAULT_MEMORY_MIB, ExitReason, KvmVm, KvmVmError, LinuxSpec, SeccompLevel, StopHandle,
 };
 
 #[derive(Subcommand)]
@@ -59,9 +59,35 @@ pub struct VmmRunArgs {
     /// A read-write virtio-blk disk (repeatable), after the read-only ones.
     #[arg(long, value_name = "PATH")]
     pub disk: Vec<PathBuf>,
+    /// Seccomp allow-lists for the monitor's threads (`strict`: vCPU, device and controller
+    /// threads each get their own list; anything else kills the process). `off` is for
+    /// debugging.
+    #[arg(long, value_enum, default_value_t = SeccompChoice::Strict)]
+    pub seccomp: SeccompChoice,
+    /// Drop to this user and group (`UID:GID`) once the VM is set up (before it runs).
+    #[arg(long, value_name = "UID:GID", value_parser = parse_uid_gid)]
+    pub run_as: Option<(u32, u32)>,
     /// Stop the VM with an error after this many seconds (default: no deadline).
     #[arg(long)]
     pub deadline_secs: Option<u64>,
+}
+
+/// `--seccomp`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeccompChoice {
+    Strict,
+    Off,
+}
+
+fn parse_uid_gid(s: &str) -> std::result::Result<(u32, u32), String> {
+    let (u, g) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not UID:GID (e.g. 65534:65534)"))?;
+    let num = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("{v:?} in {s:?} is not a number (UID:GID, e.g. 65534:65534)"))
+    };
+    Ok((num(u)?, num(g)?))
 }
 
 /// Stops the VM when dropped: `podvm` drops the command's future on SIGINT/SIGTERM.
@@ -117,6 +143,12 @@ pub async fn run(cmd: VmmCommand) -> Result<()> {
     for path in &args.disk {
         builder = builder.disk(path, false);
     }
+    if args.seccomp == SeccompChoice::Strict {
+        builder = builder.seccomp(SeccompLevel::Strict);
+    }
+    if let Some((uid, gid)) = args.run_as {
+        builder = builder.run_as(uid, gid);
+    }
     let vm = builder.build().map_err(one_line)?;
     let stop = StopOnDrop(vm.stop_handle());
     let deadline = args
@@ -124,10 +156,18 @@ pub async fn run(cmd: VmmCommand) -> Result<()> {
         .map_or(Duration::MAX, Duration::from_secs);
     // KVM_RUN blocks: run it off the async thread so that a signal still ends the command (and
     // `stop` then stops the VM).
-    let report = tokio::task::spawn_blocking(move || vm.run(deadline))
-        .await
-        .context("the VM's controller thread failed")?
-        .map_err(one_line)?;
+    let confined = args.seccomp == SeccompChoice::Strict;
+    // The blocking thread only waits for the VM: with `strict` it is confined too.
+    let report = tokio::task::spawn_blocking(move || {
+        if confined {
+            vm.run_confined(deadline)
+        } else {
+            vm.run(deadline)
+        }
+    })
+    .await
+    .context("the VM's controller thread failed")?
+    .map_err(one_line)?;
     drop(stop);
     let _ = std::io::stdout().flush();
     match report.reason {

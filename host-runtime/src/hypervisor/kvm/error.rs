@@ -82,6 +82,16 @@ pub enum KvmVmError {
     /// The vCPU thread panicked or vanished without a report.
     #[error("the vCPU thread ended without a report: {0}")]
     VcpuThreadLost(String),
+    /// A seccomp filter could not be compiled or installed.
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+    /// Dropping privileges after setup ([`super::KvmVmBuilder::run_as`]) failed.
+    #[error("cannot drop privileges: {step} failed: {source} (run as root, or without .run_as)")]
+    Privileges {
+        step: &'static str,
+        #[source]
+        source: nix::Error,
+    },
     /// The SEV-SNP or TDX launch failed or this host cannot run it.
     #[error(transparent)]
     Launch(#[from] super::launch::LaunchError),

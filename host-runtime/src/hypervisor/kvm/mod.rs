@@ -32,6 +32,8 @@ pub mod mmio;
 pub mod mptable;
 pub mod msrs;
 pub mod platform;
+pub mod privileges;
+pub mod seccomp;
 pub mod serial;
 pub mod test_guest;
 pub mod test_image;
@@ -60,6 +62,8 @@ use cpu::BootEntry;
 use error::ioctl;
 use launch::ConfidentialLaunch;
 use mmio::MmioBus;
+use seccomp::ThreadFilters;
+pub use seccomp::{Refusal, SeccompLevel};
 use serial::{FirstByteWriter, SerialDevice, SerialOut};
 use vcpu::VcpuStop;
 use virtio::VirtioDevice;
@@ -126,6 +130,9 @@ pub struct KvmVmBuilder {
     disks: Vec<(PathBuf, bool)>,
     vcpus: u8,
     confidential: Option<ConfidentialLaunch>,
+    seccomp: SeccompLevel,
+    refusal: Refusal,
+    run_as: Option<(u32, u32)>,
 }
 
 impl KvmVmBuilder {
@@ -194,12 +201,51 @@ impl KvmVmBuilder {
         self
     }
 
+    /// Confines the monitor's threads with seccomp (default [`SeccompLevel::Off`]). With
+    /// [`SeccompLevel::Strict`], [`KvmVm::run`] confines the vCPU thread when it starts and the
+    /// vsock device thread confines itself when the driver activates it; the caller's thread is
+    /// only confined by [`KvmVm::run_confined`] (see the README's "Hardening" section for the
+    /// lists). Not supported with [`Self::confidential`] yet.
+    pub fn seccomp(mut self, level: SeccompLevel) -> Self {
+        self.seccomp = level;
+        self
+    }
+
+    /// What a syscall outside a thread's allow-list does (default [`Refusal::KillProcess`];
+    /// [`Refusal::Trap`] prints the syscall number and thread and exits with
+    /// [`seccomp::SECCOMP_TRAP_EXIT_CODE`]).
+    pub fn seccomp_refusal(mut self, refusal: Refusal) -> Self {
+        self.refusal = refusal;
+        self
+    }
+
+    /// Drops the whole process to `uid`/`gid` at the end of [`Self::build`] with
+    /// [`privileges::drop_to`] (supplementary groups cleared, `no_new_privs` set, regaining root
+    /// checked to fail). By then the KVM device is open, the VM, its memory slots, vCPU,
+    /// irqchip, irqfds and ioeventfds exist, guest memory is mapped and loaded, and the vsock
+    /// socket is bound (it is unlinked at the end only if the new uid may). Needs root.
+    pub fn run_as(mut self, uid: u32, gid: u32) -> Self {
+        self.run_as = Some((uid, gid));
+        self
+    }
+
     /// Creates the VM and its vCPU, loads the payload or kernel and sets up its entry (or, with
-    /// [`Self::confidential`], runs the confidential launch).
+    /// [`Self::confidential`], runs the confidential launch), then drops privileges if
+    /// [`Self::run_as`] says so.
     pub fn build(self) -> Result<KvmVm> {
-        if self.confidential.is_some() {
-            return self.build_confidential();
+        let run_as = self.run_as;
+        let vm = if self.confidential.is_some() {
+            self.build_confidential()?
+        } else {
+            self.build_plain()?
+        };
+        if let Some((uid, gid)) = run_as {
+            privileges::drop_to(uid, gid)?;
         }
+        Ok(vm)
+    }
+
+    fn build_plain(self) -> Result<KvmVm> {
         let created = Instant::now();
         if !(1..=MAX_VCPUS).contains(&self.vcpus) {
             return Err(KvmVmError::Config(format!(
@@ -207,6 +253,10 @@ impl KvmVmBuilder {
                 self.vcpus
             )));
         }
+        let filters = match self.seccomp {
+            SeccompLevel::Off => None,
+            SeccompLevel::Strict => Some(ThreadFilters::new(self.refusal)?),
+        };
         let guest = self.guest.ok_or_else(|| {
             KvmVmError::Config("no payload or kernel given (use .payload or .linux)".into())
         })?;
@@ -226,10 +276,14 @@ impl KvmVmBuilder {
         memory::register(&vm, &memory)?;
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
         if let Some((cid, path)) = &self.vsock {
-            devices.push(Box::new(VsockDevice::new(*cid, path)?));
+            let filter = filters.as_ref().map(|f| f.vsock.clone());
+            devices.push(Box::new(VsockDevice::with_filter(*cid, path, filter)?));
         }
         for (path, read_only) in &self.disks {
-            devices.push(Box::new(virtio::block::BlockDevice::new(path, *read_only)?));
+            let filter = filters.as_ref().map(|f| f.block.clone());
+            devices.push(Box::new(virtio::block::BlockDevice::with_filter(
+                path, *read_only, filter,
+            )?));
         }
         // The in-kernel interrupt controllers (PIC, IOAPIC, a LAPIC per vCPU) whenever anything
         // needs interrupts: devices, more than one vCPU (APs wait for SIPI in the LAPIC), Linux.
@@ -317,6 +371,7 @@ impl KvmVmBuilder {
             stop: Arc::new(AtomicBool::new(false)),
             first_byte,
             created,
+            filters,
         })
     }
 
@@ -328,6 +383,12 @@ impl KvmVmBuilder {
         if self.guest.is_some() {
             return Err(KvmVmError::Config(
                 "a confidential guest boots its firmware; give no payload".into(),
+            ));
+        }
+        if self.seccomp != SeccompLevel::Off {
+            return Err(KvmVmError::Config(
+                "seccomp filters do not cover confidential launches yet; use SeccompLevel::Off"
+                    .into(),
             ));
         }
         let kvm = open_kvm(&self.kvm_device)?;
@@ -385,6 +446,7 @@ impl KvmVmBuilder {
             stop: Arc::new(AtomicBool::new(false)),
             first_byte,
             created,
+            filters: None,
         })
     }
 }
@@ -496,6 +558,8 @@ pub struct KvmVm {
     stop: Arc<AtomicBool>,
     first_byte: Arc<OnceLock<Instant>>,
     created: Instant,
+    /// The compiled filters with [`SeccompLevel::Strict`].
+    filters: Option<ThreadFilters>,
 }
 
 impl std::fmt::Debug for KvmVm {
@@ -528,6 +592,9 @@ impl KvmVm {
             disks: Vec::new(),
             vcpus: 1,
             confidential: None,
+            seccomp: SeccompLevel::Off,
+            refusal: Refusal::KillProcess,
+            run_as: None,
         }
     }
 
@@ -543,6 +610,25 @@ impl KvmVm {
     /// grace period, in which case it is abandoned (it still owns the guest memory, so nothing
     /// is unmapped under it).
     pub fn run(self, deadline: Duration) -> Result<ExitReport> {
+        self.run_inner(deadline, false)
+    }
+
+    /// [`Self::run`], and confines the **calling thread** with the controller filter right
+    /// after spawning the vCPU thread (needs [`SeccompLevel::Strict`]). Irreversible: the
+    /// calling thread stays confined after this returns, so call it from a thread (or process)
+    /// that only waits for the VM — `podvm vmm` — and afterwards does no more than the
+    /// controller list allows (allocate, write to open fds, lock, exit). Threads it spawns later
+    /// inherit the filter.
+    pub fn run_confined(self, deadline: Duration) -> Result<ExitReport> {
+        if self.filters.is_none() {
+            return Err(KvmVmError::Config(
+                "run_confined needs .seccomp(SeccompLevel::Strict) on the builder".into(),
+            ));
+        }
+        self.run_inner(deadline, true)
+    }
+
+    fn run_inner(self, deadline: Duration, confine_caller: bool) -> Result<ExitReport> {
         let KvmVm {
             vcpus,
             bus,
@@ -554,6 +640,7 @@ impl KvmVm {
             stop,
             first_byte,
             created,
+            filters,
         } = self;
         let started = Instant::now();
         let (tx, rx) = mpsc::channel();
@@ -570,10 +657,14 @@ impl KvmVm {
             let shared = Arc::clone(&shared);
             let thread_stop = Arc::clone(&stop);
             let tx = tx.clone();
+            let vcpu_filter = filters.as_ref().map(|f| f.vcpu.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("podvm-vcpu{index}"))
                 .spawn(move || {
-                    let result = vcpu::run_loop(&mut vcpu, &shared.bus, &shared.mmio, &thread_stop);
+                    let result = match vcpu_filter.as_ref().map(|f| f.apply()) {
+                        Some(Err(e)) => Err(e),
+                        _ => vcpu::run_loop(&mut vcpu, &shared.bus, &shared.mmio, &thread_stop),
+                    };
                     // Whatever ended this vCPU ends the VM: the others see the flag when kicked.
                     thread_stop.store(true, Ordering::SeqCst);
                     let ended = Instant::now();
@@ -594,6 +685,16 @@ impl KvmVm {
         }
         drop(tx);
         drop(shared);
+        // After the spawns, so the vCPU threads do not inherit the controller filter. If it
+        // cannot be installed, the VM is stopped and the error returned once the threads report.
+        let mut confine_error = None;
+        if confine_caller
+            && let Some(f) = &filters
+            && let Err(e) = f.controller.apply()
+        {
+            stop.store(true, Ordering::SeqCst);
+            confine_error = Some(e);
+        }
 
         let count = handles.len();
         let mut deadline_hit = false;
@@ -658,6 +759,9 @@ impl KvmVm {
         let Some((result, ended)) = decisive else {
             return Err(KvmVmError::VcpuThreadLost("no vCPU reported".into()));
         };
+        if let Some(e) = confine_error {
+            return Err(e);
+        }
         let stop_reason = result?;
         if deadline_hit && stop_reason == VcpuStop::Stopped {
             return Err(KvmVmError::DeadlineExceeded { deadline });

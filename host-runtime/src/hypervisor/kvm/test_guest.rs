@@ -85,6 +85,7 @@ pub const VSOCK_GUEST_PING: &[u8] = b"ping from the guest";
 pub const VSOCK_GUEST_LISTEN_PORT: u32 = 1024;
 
 #[cfg(test)]
+#[allow(clippy::items_after_test_module)]
 mod tests {
     use super::*;
 

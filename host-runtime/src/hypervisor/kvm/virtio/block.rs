@@ -1,6 +1,7 @@
 //! virtio-blk (virtio 1.2, section 5.2) backed by a host file: `IN` (read), `OUT` (write, refused
 //! on a read-only disk), `FLUSH` (fsync) and `GET_ID`, one request queue, served on a thread of its
-//! own (`podvm-block`). A read-only disk offers `VIRTIO_BLK_F_RO`; the initdata disk of a
+//! own (`podvm-block`), spawned idle when the device is created (before the monitor drops
+//! privileges and confines its threads) and handed its work at activation. A read-only disk offers `VIRTIO_BLK_F_RO`; the initdata disk of a
 //! confidential pod is one. The capacity is the file's size in 512-byte sectors (a trailing
 //! partial sector is not exposed).
 
@@ -8,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use virtio_queue::{DescriptorChain, QueueT};
@@ -17,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActiveQueue, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK, VirtioDevice};
 use crate::hypervisor::kvm::error::{KvmVmError, Result};
+use crate::hypervisor::kvm::seccomp::ThreadFilter;
 
 /// The device is read-only.
 pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
@@ -50,7 +53,11 @@ pub struct BlockDevice {
     read_only: bool,
     sectors: u64,
     id: [u8; ID_BYTES],
-    worker: Option<(EventFd, JoinHandle<()>)>,
+    /// Hands the idle device thread its worker at activation; dropping it ends an idle thread.
+    start: Option<mpsc::Sender<Worker>>,
+    /// Ends an active worker.
+    kill: Option<EventFd>,
+    thread: Option<JoinHandle<()>>,
 }
 
 fn device_error(reason: String) -> KvmVmError {
@@ -64,6 +71,11 @@ impl BlockDevice {
     /// Opens `path` (read-only if `read_only`); its serial (`GET_ID`) is the file name, cut to 20
     /// bytes.
     pub fn new(path: &Path, read_only: bool) -> Result<Self> {
+        Self::with_filter(path, read_only, None)
+    }
+
+    /// [`Self::new`], with the device thread confined by `filter` once it is activated.
+    pub fn with_filter(path: &Path, read_only: bool, filter: Option<ThreadFilter>) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
@@ -85,13 +97,30 @@ impl BlockDevice {
             .unwrap_or(b"");
         let n = name.len().min(ID_BYTES);
         id[..n].copy_from_slice(&name[..n]);
+        let (start, started) = mpsc::channel::<Worker>();
+        let thread = std::thread::Builder::new()
+            .name("podvm-block".into())
+            .spawn(move || {
+                // Err: the device was dropped before the driver activated it.
+                let Ok(worker) = started.recv() else { return };
+                if let Some(filter) = &filter
+                    && let Err(e) = filter.apply()
+                {
+                    tracing::error!("virtio-blk: {e}; the device stops");
+                    return;
+                }
+                worker.run();
+            })
+            .map_err(KvmVmError::Thread)?;
         Ok(BlockDevice {
             path: path.to_path_buf(),
             file: Some(file),
             read_only,
             sectors: len / SECTOR_SIZE,
             id,
-            worker: None,
+            start: Some(start),
+            kill: None,
+            thread: Some(thread),
         })
     }
 }
@@ -148,19 +177,26 @@ impl VirtioDevice for BlockDevice {
             kill: kill.try_clone().map_err(|e| device_error(e.to_string()))?,
             path: self.path.clone(),
         };
-        let handle = std::thread::Builder::new()
-            .name("podvm-block".into())
-            .spawn(move || worker.run())
-            .map_err(KvmVmError::Thread)?;
-        self.worker = Some((kill, handle));
+        let start = self
+            .start
+            .take()
+            .ok_or_else(|| device_error("activated twice".into()))?;
+        start
+            .send(worker)
+            .map_err(|_| device_error("the device thread is gone".into()))?;
+        self.kill = Some(kill);
         Ok(())
     }
 }
 
 impl Drop for BlockDevice {
     fn drop(&mut self) {
-        if let Some((kill, handle)) = self.worker.take() {
+        if let Some(kill) = self.kill.take() {
             let _ = kill.write(1);
+        }
+        // An idle thread ends when its channel closes.
+        self.start.take();
+        if let Some(handle) = self.thread.take() {
             let _ = handle.join();
         }
     }

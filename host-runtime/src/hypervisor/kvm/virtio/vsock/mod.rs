@@ -9,13 +9,17 @@
 //!   `<uds_path>_<P>` (refused with a vsock RST if nothing listens there).
 //!
 //! The device thread ([`muxer`]) multiplexes every connection over the rx/tx queues with the
-//! virtio-vsock credit protocol.
+//! virtio-vsock credit protocol. It is spawned when the device is created (by the builder's
+//! thread, before anything is confined, since a seccomp filter is inherited by the threads a
+//! confined thread spawns) and waits there until the driver activates the device; with a
+//! [`ThreadFilter`] it then confines itself before it touches any guest data or socket.
 
 pub mod muxer;
 pub mod packet;
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use vm_memory::GuestMemoryMmap;
@@ -23,6 +27,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActiveQueue, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_ID_VSOCK, VirtioDevice};
 use crate::hypervisor::kvm::error::{KvmVmError, Result};
+use crate::hypervisor::kvm::seccomp::ThreadFilter;
 
 /// The host's CID.
 pub const HOST_CID: u64 = 2;
@@ -35,13 +40,23 @@ pub struct VsockDevice {
     cid: u64,
     uds_path: PathBuf,
     listener: Option<UnixListener>,
-    worker: Option<(EventFd, JoinHandle<()>)>,
+    /// Hands the device thread its muxer at activation; dropping it ends an idle thread.
+    start: Option<mpsc::Sender<muxer::Muxer>>,
+    /// Ends an active muxer.
+    kill: Option<EventFd>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl VsockDevice {
     /// Binds `uds_path` now (so hosts can connect before the guest's driver is up; they wait in
-    /// the listen backlog) for a guest with context ID `cid` (3 or more).
+    /// the listen backlog) for a guest with context ID `cid` (3 or more), and spawns the (idle)
+    /// device thread.
     pub fn new(cid: u64, uds_path: &Path) -> Result<Self> {
+        Self::with_filter(cid, uds_path, None)
+    }
+
+    /// [`Self::new`], with the device thread confined by `filter` once it is activated.
+    pub fn with_filter(cid: u64, uds_path: &Path, filter: Option<ThreadFilter>) -> Result<Self> {
         if cid < 3 || cid > u32::MAX as u64 {
             return Err(KvmVmError::Config(format!(
                 "vsock guest CID {cid} is reserved or too large; use 3..=4294967295"
@@ -56,11 +71,28 @@ impl VsockDevice {
         listener
             .set_nonblocking(true)
             .map_err(|e| device_error(format!("listener: {e}")))?;
+        let (start, started) = mpsc::channel::<muxer::Muxer>();
+        let thread = std::thread::Builder::new()
+            .name("podvm-vsock".into())
+            .spawn(move || {
+                // Err: the device was dropped before the driver activated it.
+                let Ok(muxer) = started.recv() else { return };
+                if let Some(filter) = &filter
+                    && let Err(e) = filter.apply()
+                {
+                    tracing::error!("virtio-vsock: {e}; the device stops");
+                    return;
+                }
+                muxer.run();
+            })
+            .map_err(KvmVmError::Thread)?;
         Ok(VsockDevice {
             cid,
             uds_path: uds_path.to_path_buf(),
             listener: Some(listener),
-            worker: None,
+            start: Some(start),
+            kill: None,
+            thread: Some(thread),
         })
     }
 }
@@ -113,20 +145,26 @@ impl VirtioDevice for VsockDevice {
             interrupt,
             kill: kill.try_clone().map_err(|e| device_error(e.to_string()))?,
         })?;
-        let handle = std::thread::Builder::new()
-            .name("podvm-vsock".into())
-            .spawn(move || muxer.run())
-            .map_err(KvmVmError::Thread)?;
-        self.worker = Some((kill, handle));
+        let start = self
+            .start
+            .take()
+            .ok_or_else(|| device_error("activated twice".into()))?;
+        start
+            .send(muxer)
+            .map_err(|_| device_error("the device thread is gone".into()))?;
+        self.kill = Some(kill);
         Ok(())
     }
 }
 
 impl Drop for VsockDevice {
     fn drop(&mut self) {
-        if let Some((kill, handle)) = self.worker.take() {
+        if let Some(kill) = self.kill.take() {
             let _ = kill.write(1);
-            let _ = handle.join();
+        }
+        drop(self.start.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
         let _ = std::fs::remove_file(&self.uds_path);
     }
