@@ -288,6 +288,10 @@ impl KvmVmBuilder {
         // The in-kernel interrupt controllers (PIC, IOAPIC, a LAPIC per vCPU) whenever anything
         // needs interrupts: devices, more than one vCPU (APs wait for SIPI in the LAPIC), Linux.
         // A single-vCPU payload without devices gets none, so its HLT still exits.
+        // Three pages for the TSS VMX needs to run real-mode code (APs after SIPI) without
+        // unrestricted guest; at Firecracker's address, in the MMIO hole below the firmware.
+        vm.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
         let is_linux = matches!(guest, Guest::Linux(_));
         let irqchip = !devices.is_empty() || self.vcpus > 1 || is_linux;
         if irqchip {
@@ -483,6 +487,9 @@ fn attach_virtio_mmio(
     }
     Ok(bus)
 }
+
+/// `KVM_SET_TSS_ADDR`'s three pages.
+pub const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
 /// The most vCPUs a VM gets: the MP table's APIC ids (the IOAPIC's id follows the last vCPU's)
 /// and what a pod asks for in practice.
