@@ -13,13 +13,12 @@
 //! A real Linux kernel does not boot under this machine's kvm_pvm (see
 //! `src/hypervisor/kvm/README.md`), so nothing here waits for Linux output.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use podvm_host_runtime::guest_image::GuestImage;
 use podvm_host_runtime::hypervisor::kvm::loader::{KernelFormat, load_linux};
+use podvm_host_runtime::hypervisor::kvm::serial::CapturedOutput;
 use podvm_host_runtime::hypervisor::kvm::test_image::{self, BzImageHeader};
 use podvm_host_runtime::hypervisor::kvm::{
     BootMode, ExitReason, KvmVm, KvmVmError, LinuxSpec, memory,
@@ -28,22 +27,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Boots `spec` on real KVM and returns what the guest printed; the guest must reset.
 fn run(spec: LinuxSpec, memory_mib: u64) -> Vec<u8> {
-    let out = Captured::default();
+    let out = CapturedOutput::default();
     let report = KvmVm::builder()
         .memory_mib(memory_mib)
         .linux(spec)
@@ -53,7 +39,7 @@ fn run(spec: LinuxSpec, memory_mib: u64) -> Vec<u8> {
         .run(DEADLINE)
         .expect("the probe ends with a reset");
     assert_eq!(report.reason, ExitReason::Reset);
-    out.0.lock().unwrap().clone()
+    out.bytes()
 }
 
 #[test]
@@ -317,7 +303,7 @@ fn real_bzimage_is_entered_on_kvm() {
         initrd: Some(read(image.initramfs())),
         cmdline: "console=ttyS0 reboot=k panic=-1 earlyprintk=serial".into(),
     };
-    let out = Captured::default();
+    let out = CapturedOutput::default();
     let result = KvmVm::builder()
         .memory_mib(MEMORY_MIB)
         .linux(spec)
@@ -325,7 +311,7 @@ fn real_bzimage_is_entered_on_kvm() {
         .build()
         .unwrap_or_else(|e| panic!("cannot create the VM (this test needs /dev/kvm): {e}"))
         .run(Duration::from_secs(3));
-    let printed = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
+    let printed = String::from_utf8_lossy(&out.bytes()).into_owned();
     eprintln!("real bzImage on KVM: {result:?}; serial: {printed:?}");
     match result {
         // kvm_pvm: the kernel never gets far enough to print.

@@ -6,13 +6,13 @@
 
 use std::io::Write;
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use podvm_host_runtime::hypervisor::kvm::cpu::PAYLOAD_START;
 use podvm_host_runtime::hypervisor::kvm::seccomp::{
     KVM_RUN, SECCOMP_TRAP_EXIT_CODE, ThreadFilter, ThreadKind,
 };
+use podvm_host_runtime::hypervisor::kvm::serial::CapturedOutput;
 use podvm_host_runtime::hypervisor::kvm::{
     ExitReason, KvmVm, KvmVmBuilder, LinuxSpec, Refusal, SeccompLevel, test_guest, test_image,
 };
@@ -21,22 +21,6 @@ const CHILD_ENV: &str = "PODVM_SECCOMP_CHILD";
 const DEADLINE: Duration = Duration::from_secs(10);
 /// `nobody`.
 const NOBODY: u32 = 65534;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// A serial writer that stats a file when the guest writes: a syscall no vCPU list allows.
 struct OpensFiles;
@@ -60,7 +44,7 @@ fn hello(serial: Box<dyn Write + Send>) -> KvmVmBuilder {
 
 /// Runs HELLO with `builder`'s settings and prints what the parent checks.
 fn run_hello(builder: impl FnOnce(Box<dyn Write + Send>) -> KvmVmBuilder, confined: bool) {
-    let out = Captured::default();
+    let out = CapturedOutput::default();
     let vm = builder(Box::new(out.clone()))
         .build()
         .unwrap_or_else(|e| panic!("cannot build the VM (this test needs /dev/kvm): {e}"));
@@ -70,7 +54,7 @@ fn run_hello(builder: impl FnOnce(Box<dyn Write + Send>) -> KvmVmBuilder, confin
         vm.run(DEADLINE)
     }
     .unwrap_or_else(|e| panic!("the VM failed: {e}"));
-    let serial = out.0.lock().map(|v| v.clone()).unwrap_or_default();
+    let serial = out.bytes();
     println!("reason={:?}", report.reason);
     println!("serial={:?}", String::from_utf8_lossy(&serial));
 }
@@ -160,7 +144,7 @@ fn child(scenario: &str) -> ! {
             println!("deadline: {deadline:?}");
         }
         "strict-linux-pvh" => {
-            let out = Captured::default();
+            let out = CapturedOutput::default();
             let spec = LinuxSpec {
                 kernel: test_image::elf64(
                     0x100_0000,
@@ -180,7 +164,7 @@ fn child(scenario: &str) -> ! {
                 .unwrap_or_else(|e| panic!("cannot build the VM: {e}"))
                 .run_confined(DEADLINE)
                 .unwrap_or_else(|e| panic!("the VM failed: {e}"));
-            let serial = out.0.lock().map(|v| v.clone()).unwrap_or_default();
+            let serial = out.bytes();
             println!("reason={:?}", report.reason);
             println!("probe={serial:02x?}");
         }
@@ -238,7 +222,7 @@ fn run_virtio_guest() {
             }
         }
     });
-    let out = Captured::default();
+    let out = CapturedOutput::default();
     let report = KvmVm::builder()
         .memory_mib(16)
         .payload(test_guest::VIRTIO_GUEST.to_vec(), PAYLOAD_START)
@@ -252,7 +236,7 @@ fn run_virtio_guest() {
         .run(DEADLINE)
         .unwrap_or_else(|e| panic!("the VM failed: {e}"));
     let echo = host.join().expect("host side");
-    let serial = out.0.lock().map(|v| v.clone()).unwrap_or_default();
+    let serial = out.bytes();
     println!("reason={:?}", report.reason);
     println!("echo={echo}");
     println!("serial={:?}", String::from_utf8_lossy(&serial));

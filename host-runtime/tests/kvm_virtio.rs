@@ -7,40 +7,24 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use podvm_host_runtime::hypervisor::kvm::cpu::PAYLOAD_START;
+use podvm_host_runtime::hypervisor::kvm::serial::CapturedOutput;
 use podvm_host_runtime::hypervisor::kvm::{ExitReason, KvmVm, KvmVmError, test_guest};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-fn vm(socket: &Path, out: &Captured) -> KvmVm {
+fn vm(socket: &Path, out: &CapturedOutput) -> KvmVm {
     KvmVm::builder()
         .memory_mib(16)
         .payload(test_guest::VIRTIO_GUEST.to_vec(), PAYLOAD_START)
         .vsock(3, socket)
         // A second device next to the vsock one (slot 1, its own IRQ and queue).
-        .disk(disk_image(socket.parent().unwrap(), "beside the vsock"), true)
+        .disk(
+            disk_image(socket.parent().unwrap(), "beside the vsock"),
+            true,
+        )
         .serial(Box::new(out.clone()))
         .build()
         .unwrap_or_else(|e| panic!("cannot create the KVM VM (this test needs /dev/kvm): {e}"))
@@ -78,7 +62,7 @@ fn vsock_round_trips_through_the_hybrid_socket_both_ways() {
     let socket = dir.path().join("vsock.sock");
     let host_listener = UnixListener::bind(port_socket(&socket, test_guest::VSOCK_GUEST_HOST_PORT))
         .expect("listen on <socket>_1025");
-    let out = Captured::default();
+    let out = CapturedOutput::default();
     let vm = vm(&socket, &out);
     assert!(socket.exists(), "build() binds the hybrid socket");
     let runner = std::thread::spawn(move || vm.run(DEADLINE));
@@ -153,7 +137,7 @@ fn a_refused_guest_connection_is_reset_and_the_guest_reports_it() {
     // hang.
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("vsock.sock");
-    let out = Captured::default();
+    let out = CapturedOutput::default();
     let err = vm(&socket, &out).run(DEADLINE).unwrap_err();
     assert!(matches!(err, KvmVmError::TripleFault { .. }), "{err}");
     let console = out.text();
@@ -194,7 +178,7 @@ fn disk_image(dir: &Path, first_line: &str) -> PathBuf {
 }
 
 fn run_disk_guest(disk: &Path, read_only: bool) -> (String, Vec<u8>) {
-    let out = Captured::default();
+    let out = CapturedOutput::default();
     let report = KvmVm::builder()
         .memory_mib(16)
         .payload(test_guest::VIRTIO_GUEST.to_vec(), PAYLOAD_START)

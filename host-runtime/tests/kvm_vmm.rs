@@ -1,30 +1,16 @@
 //! The built-in KVM microVM monitor on this machine's /dev/kvm. These tests never skip: a host
 //! where KVM cannot create a VM fails them with the reason (CI runs on such machines on purpose).
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use podvm_host_runtime::hypervisor::kvm::cpu::PAYLOAD_START;
+use podvm_host_runtime::hypervisor::kvm::serial::CapturedOutput;
 use podvm_host_runtime::hypervisor::kvm::{ExitReason, KvmVm, KvmVmError, test_guest};
 
 /// Generous: the payloads finish in milliseconds; this only turns a hang into a failure.
 const DEADLINE: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn build(payload: &[u8], out: &Captured) -> KvmVm {
+fn build(payload: &[u8], out: &CapturedOutput) -> KvmVm {
     KvmVm::builder()
         .memory_mib(64)
         .payload(payload.to_vec(), PAYLOAD_START)
@@ -37,12 +23,12 @@ fn build(payload: &[u8], out: &Captured) -> KvmVm {
 
 #[test]
 fn hello_payload_prints_and_resets() {
-    let out = Captured::default();
+    let out = CapturedOutput::default();
     let report = build(&test_guest::HELLO, &out)
         .run(DEADLINE)
         .expect("the hello payload ends with a reset");
     assert_eq!(
-        String::from_utf8_lossy(&out.0.lock().unwrap()),
+        String::from_utf8_lossy(&out.bytes()),
         "podvm test guest: hello\n"
     );
     assert_eq!(report.reason, ExitReason::Reset);
@@ -57,7 +43,7 @@ fn hello_payload_prints_and_resets() {
 #[test]
 fn memory_split_around_the_mmio_hole_is_accepted_by_kvm() {
     // 3 GiB below the hole + 64 MiB at 4 GiB: two memory slots (pages are only touched on use).
-    let out = Captured::default();
+    let out = CapturedOutput::default();
     let report = KvmVm::builder()
         .memory_mib(3 * 1024 + 64)
         .payload(test_guest::HELLO.to_vec(), PAYLOAD_START)
@@ -67,12 +53,12 @@ fn memory_split_around_the_mmio_hole_is_accepted_by_kvm() {
         .run(DEADLINE)
         .expect("the hello payload ends with a reset");
     assert_eq!(report.reason, ExitReason::Reset);
-    assert_eq!(out.0.lock().unwrap().as_slice(), test_guest::HELLO_MESSAGE);
+    assert_eq!(out.bytes().as_slice(), test_guest::HELLO_MESSAGE);
 }
 
 #[test]
 fn faulting_payload_reports_the_triple_fault() {
-    let out = Captured::default();
+    let out = CapturedOutput::default();
     let err = build(&test_guest::TRIPLE_FAULT, &out)
         .run(DEADLINE)
         .expect_err("ud2 without an IDT cannot end cleanly");
@@ -83,7 +69,7 @@ fn faulting_payload_reports_the_triple_fault() {
         other => panic!("expected a triple fault, got: {other}"),
     }
     assert!(err_text(&test_guest::TRIPLE_FAULT).starts_with("the guest triple-faulted (RIP=0x"));
-    assert!(out.0.lock().unwrap().is_empty());
+    assert!(out.bytes().is_empty());
 }
 
 #[test]
@@ -103,7 +89,7 @@ fn missing_kvm_device_is_a_clear_error() {
 
 #[test]
 fn halting_payload_reports_the_halt() {
-    let err = build(&test_guest::HALT, &Captured::default())
+    let err = build(&test_guest::HALT, &CapturedOutput::default())
         .run(DEADLINE)
         .expect_err("hlt with nothing to wake the vCPU cannot end cleanly");
     assert!(matches!(err, KvmVmError::GuestHalted { .. }), "{err}");
@@ -114,7 +100,7 @@ fn halting_payload_reports_the_halt() {
 }
 
 fn err_text(payload: &[u8]) -> String {
-    build(payload, &Captured::default())
+    build(payload, &CapturedOutput::default())
         .run(DEADLINE)
         .unwrap_err()
         .to_string()
@@ -124,7 +110,7 @@ fn err_text(payload: &[u8]) -> String {
 fn spinning_guest_is_stopped_at_its_deadline() {
     let deadline = Duration::from_millis(200);
     let started = Instant::now();
-    let err = build(&test_guest::SPIN, &Captured::default())
+    let err = build(&test_guest::SPIN, &CapturedOutput::default())
         .run(deadline)
         .expect_err("a spinning guest cannot end by itself");
     assert!(
@@ -138,7 +124,7 @@ fn spinning_guest_is_stopped_at_its_deadline() {
 
 #[test]
 fn spinning_guest_is_stopped_by_its_stop_handle() {
-    let vm = build(&test_guest::SPIN, &Captured::default());
+    let vm = build(&test_guest::SPIN, &CapturedOutput::default());
     let stop = vm.stop_handle();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
@@ -150,7 +136,7 @@ fn spinning_guest_is_stopped_by_its_stop_handle() {
     assert_eq!(report.first_output, None);
 }
 
-fn build_smp(payload: &[u8], vcpus: u8, out: &Captured) -> KvmVm {
+fn build_smp(payload: &[u8], vcpus: u8, out: &CapturedOutput) -> KvmVm {
     KvmVm::builder()
         .memory_mib(64)
         .vcpus(vcpus)
@@ -166,18 +152,18 @@ fn several_vcpus_run_with_the_bsp_at_the_entry_and_all_threads_end() {
     // KVM_RUN) and are kicked out when vCPU 0's reset ends the VM — `run` returns only once
     // every vCPU thread has ended.
     for vcpus in [2, 4] {
-        let out = Captured::default();
+        let out = CapturedOutput::default();
         let report = build_smp(&test_guest::HELLO, vcpus, &out)
             .run(DEADLINE)
             .unwrap_or_else(|e| panic!("{vcpus} vCPUs: {e}"));
         assert_eq!(report.reason, ExitReason::Reset, "{vcpus} vCPUs");
-        assert_eq!(out.0.lock().unwrap().as_slice(), test_guest::HELLO_MESSAGE);
+        assert_eq!(out.bytes().as_slice(), test_guest::HELLO_MESSAGE);
     }
 }
 
 #[test]
 fn a_fault_on_the_bsp_of_a_multi_vcpu_vm_is_reported_as_such() {
-    let err = build_smp(&test_guest::TRIPLE_FAULT, 3, &Captured::default())
+    let err = build_smp(&test_guest::TRIPLE_FAULT, 3, &CapturedOutput::default())
         .run(DEADLINE)
         .expect_err("ud2 without an IDT cannot end cleanly");
     assert!(matches!(err, KvmVmError::TripleFault { .. }), "{err}");
@@ -186,14 +172,14 @@ fn a_fault_on_the_bsp_of_a_multi_vcpu_vm_is_reported_as_such() {
 #[test]
 fn a_spinning_multi_vcpu_vm_is_stopped_at_its_deadline_and_by_its_handle() {
     let deadline = Duration::from_millis(200);
-    let err = build_smp(&test_guest::SPIN, 4, &Captured::default())
+    let err = build_smp(&test_guest::SPIN, 4, &CapturedOutput::default())
         .run(deadline)
         .expect_err("a spinning guest cannot end by itself");
     assert!(
         matches!(err, KvmVmError::DeadlineExceeded { deadline: d } if d == deadline),
         "{err}"
     );
-    let vm = build_smp(&test_guest::SPIN, 2, &Captured::default());
+    let vm = build_smp(&test_guest::SPIN, 2, &CapturedOutput::default());
     let stop = vm.stop_handle();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));

@@ -65,6 +65,37 @@ impl Write for FirstByteWriter {
     }
 }
 
+/// A serial output that keeps what the guest wrote, shared between the VM and whoever reads it
+/// (tests, benchmarks): clone it, give one clone to [`super::KvmVmBuilder::serial`].
+#[derive(Debug, Clone, Default)]
+pub struct CapturedOutput(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedOutput {
+    /// The bytes written so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// The bytes written so far as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+}
+
+impl Write for CapturedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("the captured output's lock is poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// COM1 with its output writer.
 pub struct SerialDevice {
     uart: Serial<EventFdTrigger, vm_superio::serial::NoEvents, FirstByteWriter>,

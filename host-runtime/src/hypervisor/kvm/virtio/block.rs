@@ -9,15 +9,16 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{ActiveQueue, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK, VirtioDevice};
+use super::{
+    ActiveQueue, DeviceThread, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK, VirtioDevice,
+    read_config_bytes,
+};
 use crate::hypervisor::kvm::error::{KvmVmError, Result};
 use crate::hypervisor::kvm::seccomp::ThreadFilter;
 
@@ -53,11 +54,7 @@ pub struct BlockDevice {
     read_only: bool,
     sectors: u64,
     id: [u8; ID_BYTES],
-    /// Hands the idle device thread its worker at activation; dropping it ends an idle thread.
-    start: Option<mpsc::Sender<Worker>>,
-    /// Ends an active worker.
-    kill: Option<EventFd>,
-    thread: Option<JoinHandle<()>>,
+    thread: DeviceThread<Worker>,
 }
 
 fn device_error(reason: String) -> KvmVmError {
@@ -97,30 +94,14 @@ impl BlockDevice {
             .unwrap_or(b"");
         let n = name.len().min(ID_BYTES);
         id[..n].copy_from_slice(&name[..n]);
-        let (start, started) = mpsc::channel::<Worker>();
-        let thread = std::thread::Builder::new()
-            .name("podvm-block".into())
-            .spawn(move || {
-                // Err: the device was dropped before the driver activated it.
-                let Ok(worker) = started.recv() else { return };
-                if let Some(filter) = &filter
-                    && let Err(e) = filter.apply()
-                {
-                    tracing::error!("virtio-blk: {e}; the device stops");
-                    return;
-                }
-                worker.run();
-            })
-            .map_err(KvmVmError::Thread)?;
+        let thread = DeviceThread::spawn("podvm-block", filter, Worker::run)?;
         Ok(BlockDevice {
             path: path.to_path_buf(),
             file: Some(file),
             read_only,
             sectors: len / SECTOR_SIZE,
             id,
-            start: Some(start),
-            kill: None,
-            thread: Some(thread),
+            thread,
         })
     }
 }
@@ -145,10 +126,7 @@ impl VirtioDevice for BlockDevice {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_blk_config { le64 capacity; ... }: only the capacity is offered.
-        let config = self.sectors.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = config.get(offset as usize + i).copied().unwrap_or(0);
-        }
+        read_config_bytes(&self.sectors.to_le_bytes(), offset, data);
     }
 
     fn activate(
@@ -177,28 +155,7 @@ impl VirtioDevice for BlockDevice {
             kill: kill.try_clone().map_err(|e| device_error(e.to_string()))?,
             path: self.path.clone(),
         };
-        let start = self
-            .start
-            .take()
-            .ok_or_else(|| device_error("activated twice".into()))?;
-        start
-            .send(worker)
-            .map_err(|_| device_error("the device thread is gone".into()))?;
-        self.kill = Some(kill);
-        Ok(())
-    }
-}
-
-impl Drop for BlockDevice {
-    fn drop(&mut self) {
-        if let Some(kill) = self.kill.take() {
-            let _ = kill.write(1);
-        }
-        // An idle thread ends when its channel closes.
-        self.start.take();
-        if let Some(handle) = self.thread.take() {
-            let _ = handle.join();
-        }
+        self.thread.start(worker, kill)
     }
 }
 

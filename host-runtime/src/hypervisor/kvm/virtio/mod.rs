@@ -79,3 +79,88 @@ impl Interrupt {
         let _ = self.irqfd.write(1);
     }
 }
+
+/// Reads `data.len()` bytes at `offset` of a device's configuration space `config`; bytes
+/// beyond it read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| config.get(o + i))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+/// A device's serving thread. It is spawned idle when the device is created — before the
+/// monitor drops privileges and confines its threads, because a thread inherits the filter of
+/// the thread that spawns it and a confined vCPU thread may not spawn any — and is handed its
+/// work `W` at activation (DRIVER_OK, on a vCPU thread); it then installs its own filter and
+/// runs. Dropping it ends the thread: an idle one when its channel closes, an active one through
+/// the kill eventfd given to [`Self::start`].
+pub struct DeviceThread<W: Send + 'static> {
+    name: &'static str,
+    start: Option<std::sync::mpsc::Sender<W>>,
+    kill: Option<EventFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<W: Send + 'static> DeviceThread<W> {
+    /// Spawns the idle thread `name`; `run` serves the work once it arrives.
+    pub fn spawn(
+        name: &'static str,
+        filter: Option<super::seccomp::ThreadFilter>,
+        run: impl FnOnce(W) + Send + 'static,
+    ) -> Result<Self> {
+        let (start, started) = std::sync::mpsc::channel::<W>();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                // Err: the device was dropped before the driver activated it.
+                let Ok(work) = started.recv() else { return };
+                if let Some(filter) = &filter
+                    && let Err(e) = filter.apply()
+                {
+                    tracing::error!("{name}: {e}; the device stops");
+                    return;
+                }
+                run(work);
+            })
+            .map_err(super::error::KvmVmError::Thread)?;
+        Ok(DeviceThread {
+            name,
+            start: Some(start),
+            kill: None,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands the thread its work; writing `kill` (kept here) ends it.
+    pub fn start(&mut self, work: W, kill: EventFd) -> Result<()> {
+        let device_error = |reason: &str| super::error::KvmVmError::Device {
+            device: self.name,
+            reason: reason.to_string(),
+        };
+        let start = self
+            .start
+            .take()
+            .ok_or_else(|| device_error("activated twice"))?;
+        start
+            .send(work)
+            .map_err(|_| device_error("the device thread is gone"))?;
+        self.kill = Some(kill);
+        Ok(())
+    }
+}
+
+impl<W: Send + 'static> Drop for DeviceThread<W> {
+    fn drop(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.write(1);
+        }
+        drop(self.start.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

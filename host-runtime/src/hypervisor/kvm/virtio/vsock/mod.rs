@@ -19,13 +19,14 @@ pub mod packet;
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{ActiveQueue, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_ID_VSOCK, VirtioDevice};
+use super::{
+    ActiveQueue, DeviceThread, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_ID_VSOCK, VirtioDevice,
+    read_config_bytes,
+};
 use crate::hypervisor::kvm::error::{KvmVmError, Result};
 use crate::hypervisor::kvm::seccomp::ThreadFilter;
 
@@ -40,11 +41,7 @@ pub struct VsockDevice {
     cid: u64,
     uds_path: PathBuf,
     listener: Option<UnixListener>,
-    /// Hands the device thread its muxer at activation; dropping it ends an idle thread.
-    start: Option<mpsc::Sender<muxer::Muxer>>,
-    /// Ends an active muxer.
-    kill: Option<EventFd>,
-    thread: Option<JoinHandle<()>>,
+    thread: DeviceThread<muxer::Muxer>,
 }
 
 impl VsockDevice {
@@ -71,28 +68,12 @@ impl VsockDevice {
         listener
             .set_nonblocking(true)
             .map_err(|e| device_error(format!("listener: {e}")))?;
-        let (start, started) = mpsc::channel::<muxer::Muxer>();
-        let thread = std::thread::Builder::new()
-            .name("podvm-vsock".into())
-            .spawn(move || {
-                // Err: the device was dropped before the driver activated it.
-                let Ok(muxer) = started.recv() else { return };
-                if let Some(filter) = &filter
-                    && let Err(e) = filter.apply()
-                {
-                    tracing::error!("virtio-vsock: {e}; the device stops");
-                    return;
-                }
-                muxer.run();
-            })
-            .map_err(KvmVmError::Thread)?;
+        let thread = DeviceThread::spawn("podvm-vsock", filter, muxer::Muxer::run)?;
         Ok(VsockDevice {
             cid,
             uds_path: uds_path.to_path_buf(),
             listener: Some(listener),
-            start: Some(start),
-            kill: None,
-            thread: Some(thread),
+            thread,
         })
     }
 }
@@ -119,10 +100,7 @@ impl VirtioDevice for VsockDevice {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_vsock_config { le64 guest_cid; }
-        let config = self.cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = config.get(offset as usize + i).copied().unwrap_or(0);
-        }
+        read_config_bytes(&self.cid.to_le_bytes(), offset, data);
     }
 
     fn activate(
@@ -145,27 +123,13 @@ impl VirtioDevice for VsockDevice {
             interrupt,
             kill: kill.try_clone().map_err(|e| device_error(e.to_string()))?,
         })?;
-        let start = self
-            .start
-            .take()
-            .ok_or_else(|| device_error("activated twice".into()))?;
-        start
-            .send(muxer)
-            .map_err(|_| device_error("the device thread is gone".into()))?;
-        self.kill = Some(kill);
-        Ok(())
+        self.thread.start(muxer, kill)
     }
 }
 
 impl Drop for VsockDevice {
     fn drop(&mut self) {
-        if let Some(kill) = self.kill.take() {
-            let _ = kill.write(1);
-        }
-        drop(self.start.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        // The thread ends when `self.thread` drops (after this); the socket goes now.
         let _ = std::fs::remove_file(&self.uds_path);
     }
 }
