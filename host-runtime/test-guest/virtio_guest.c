@@ -82,6 +82,7 @@ typedef unsigned long usize;
 #define RX_BUFFER_COUNT 4
 #define BUFFER_SIZE 4096
 #define TX_BUFFER 0x320000UL
+#define MAX_PAYLOAD (BUFFER_SIZE - HDR_LEN)
 #define DESC_F_WRITE 2
 
 /* virtio-blk (virtio 1.2, 5.2). */
@@ -253,7 +254,8 @@ static void send(const struct header *h, u16 op, u32 flags, const u8 *payload, u
     if (id != 0) fail("tx returned descriptor", id);
 }
 
-/* Waits for the next packet (answering credit requests); copies up to 256 payload bytes. */
+/* Waits for the next packet (answering credit requests); copies its payload (at most one rx
+ * buffer's worth, MAX_PAYLOAD bytes) into `data`. */
 static void recv(struct header *h, u8 *data, u32 *n) {
     for (;;) {
         u32 written;
@@ -267,7 +269,8 @@ static void recv(struct header *h, u8 *data, u32 *n) {
         h->len = PEEK(u32, b + 24);
         h->op = PEEK(u16, b + 30);
         h->flags = PEEK(u32, b + 32);
-        u32 len = h->len < 256 ? h->len : 256;
+        if (h->len > MAX_PAYLOAD) fail("payload larger than the rx buffer", h->len);
+        u32 len = h->len;
         for (u32 i = 0; i < len; i++) data[i] = PEEK(u8, b + HDR_LEN + i);
         *n = len;
         q_offer(&rxq, id, b, BUFFER_SIZE, 1);
@@ -385,7 +388,7 @@ static const u8 ping[] = "ping from the guest";
 
 void __attribute__((noreturn, used)) guest_main(void) {
     struct header h;
-    u8 data[256];
+    static u8 data[MAX_PAYLOAD];
     u32 n;
 
     puts("podvm test guest: hello\n");

@@ -102,6 +102,25 @@ fn vsock_round_trips_through_the_hybrid_socket_both_ways() {
         to_guest.read_exact(&mut echo).expect("the guest echoes");
         assert_eq!(String::from_utf8_lossy(&echo), msg.to_ascii_uppercase());
     }
+    // Half a MiB through the echo: many packets, more than either side's receive buffer (the
+    // guest offers 64 KiB, the monitor 256 KiB per connection), so both directions run on
+    // credit updates and the monitor's back-pressure.
+    let bulk: Vec<u8> = (0..512 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut writer = to_guest.try_clone().unwrap();
+    let sent = bulk.clone();
+    let feeder = std::thread::spawn(move || writer.write_all(&sent));
+    let mut echoed = vec![0u8; bulk.len()];
+    to_guest
+        .read_exact(&mut echoed)
+        .expect("the whole bulk transfer comes back");
+    feeder
+        .join()
+        .unwrap()
+        .expect("the monitor takes the whole bulk transfer");
+    assert!(
+        echoed == bulk.to_ascii_uppercase(),
+        "the bulk echo differs from the input upper-cased"
+    );
     drop(to_guest); // EOF → SHUTDOWN to the guest → its RST → it finishes and resets
 
     let report = runner

@@ -738,3 +738,65 @@ impl Muxer {
 fn drain(evt: &EventFd) {
     let _ = evt.read();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(state: State) -> Conn {
+        let (a, _b) = UnixStream::pair().unwrap();
+        Conn::new(a, state)
+    }
+
+    #[test]
+    fn peer_credit_is_the_guests_buffer_minus_what_is_in_flight_and_wraps() {
+        let mut c = conn(State::Established);
+        assert_eq!(
+            c.peer_credit(),
+            0,
+            "no credit before the guest says how much"
+        );
+        c.peer_buf_alloc = 64 * 1024;
+        c.sent = 10_000;
+        c.peer_fwd_cnt = 4_000;
+        assert_eq!(c.peer_credit(), 64 * 1024 - 6_000);
+        // Counters are free-running u32s: the difference survives the wrap.
+        c.sent = 5;
+        c.peer_fwd_cnt = u32::MAX - 10;
+        assert_eq!(c.peer_credit(), 64 * 1024 - 16);
+        // A guest that shrank its buffer below what is in flight gets nothing more.
+        c.peer_buf_alloc = 8;
+        assert_eq!(c.peer_credit(), 0);
+    }
+
+    #[test]
+    fn a_stream_is_read_only_when_the_guest_can_take_the_bytes() {
+        let mut c = conn(State::AwaitingResponse);
+        c.peer_buf_alloc = 4096;
+        assert_eq!(
+            c.wanted_interest(),
+            EventSet::empty(),
+            "not before RESPONSE"
+        );
+        c.state = State::Established;
+        assert_eq!(c.wanted_interest(), EventSet::IN);
+        c.to_guest = vec![1];
+        assert_eq!(
+            c.wanted_interest(),
+            EventSet::empty(),
+            "one chunk waits already"
+        );
+        c.to_guest.clear();
+        c.sent = 4096;
+        assert_eq!(c.wanted_interest(), EventSet::empty(), "no credit");
+        c.to_stream = vec![1, 2, 3];
+        assert_eq!(c.wanted_interest(), EventSet::OUT, "the guest's bytes wait");
+        c.sent = 0;
+        c.guest_rcv_shut = true;
+        assert_eq!(
+            c.wanted_interest(),
+            EventSet::OUT,
+            "the guest will receive no more"
+        );
+    }
+}
