@@ -152,8 +152,20 @@ impl ShimConfig {
 
     /// Parses a configuration file's text.
     pub fn parse(text: &str, origin: &Path) -> anyhow::Result<Self> {
-        let config: ShimConfig = toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{}: {}", origin.display(), e.message().trim()))?;
+        let config: ShimConfig = toml::from_str(text).map_err(|e| {
+            // Where: the line, and its text (a wrong value's message does not name its key).
+            let at = e.span().map(|span| {
+                let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                format!(" line {line_no} (`{line}`):")
+            });
+            anyhow::anyhow!(
+                "{}:{} {}",
+                origin.display(),
+                at.unwrap_or_default(),
+                e.message().trim()
+            )
+        })?;
         let o = origin.display();
         if config.timeouts.boot_secs == 0 || config.timeouts.image_pull_secs == 0 {
             anyhow::bail!("{o}: timeouts.boot_secs and timeouts.image_pull_secs must be > 0");
@@ -300,7 +312,11 @@ mod tests {
         assert_eq!(config.vm.guest_dir, PathBuf::from("/tmp/g"));
         assert_eq!(config.vm.memory_mib, 1024);
         assert_eq!(config.vm.vcpus, 1);
+        assert_eq!(config.vm.hypervisor, HypervisorKind::Qemu);
         assert_eq!(config.boot_timeout(), Duration::from_secs(5));
+        let builtin =
+            ShimConfig::parse("[vm]\nhypervisor = \"builtin\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!(builtin.vm.hypervisor, HypervisorKind::Builtin);
     }
 
     #[test]
@@ -317,6 +333,7 @@ mod tests {
             ("[timeouts]\nboot_secs = 0\n", "boot_secs"),
             ("[vm]\nvcpus = 65\n", "vm.vcpus"),
             ("[vm]\nmemory_mib = 64\n", "vm.memory_mib"),
+            ("[vm]\nhypervisor = \"firecracker\"\n", "hypervisor"),
             ("[tee]\nmode = \"sev\"\n", "tee.mode"),
             ("[tee]\nmode = \"snp-emulated\"\n", "tee.kbs_url"),
             (
