@@ -376,34 +376,36 @@ async fn run_container(
     let started = Instant::now();
     timeline.add("container create + start", create, started);
 
-    // Stream stdout and stderr until both end, then collect the exit status.
-    let mut first_output: Option<Instant> = None;
-    let mut out_open = true;
-    let mut err_open = true;
-    while out_open || err_open {
-        tokio::select! {
-            chunk = agent.read_stream(cid, cid, false, 32 * 1024), if out_open => {
-                match chunk.map_err(|e| fail("container output")(e.to_string()))? {
-                    Some(data) => {
-                        first_output.get_or_insert_with(Instant::now);
-                        let _ = stdout.write_all(&data);
-                        let _ = stdout.flush();
-                    }
-                    None => out_open = false,
-                }
-            }
-            chunk = agent.read_stream(cid, cid, true, 32 * 1024), if err_open => {
-                match chunk.map_err(|e| fail("container output")(e.to_string()))? {
-                    Some(data) => {
-                        first_output.get_or_insert_with(Instant::now);
-                        let _ = stderr.write_all(&data);
-                        let _ = stderr.flush();
-                    }
-                    None => err_open = false,
-                }
-            }
+    // Stream stdout and stderr until both end, then collect the exit status. Each stream is
+    // pumped by its own loop, run concurrently: a `select!` over the two reads would drop the
+    // other stream's in-flight ReadStdout/ReadStderr call whenever one completes, and the bytes
+    // the agent had already put in that reply would be lost.
+    async fn pump(
+        agent: &crate::agent_client::AgentClient,
+        cid: &str,
+        is_stderr: bool,
+        out: &mut (dyn Write + Send),
+    ) -> Result<Option<Instant>, PodError> {
+        let mut first: Option<Instant> = None;
+        while let Some(data) = agent
+            .read_stream(cid, cid, is_stderr, 32 * 1024)
+            .await
+            .map_err(|e| fail("container output")(e.to_string()))?
+        {
+            first.get_or_insert_with(Instant::now);
+            let _ = out.write_all(&data);
+            let _ = out.flush();
         }
+        Ok(first)
     }
+    let (out_first, err_first) = tokio::join!(
+        pump(agent, cid, false, stdout),
+        pump(agent, cid, true, stderr)
+    );
+    let first_output = match (out_first?, err_first?) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     if let Some(first) = first_output {
         timeline.add("first output", started, first);
     }
