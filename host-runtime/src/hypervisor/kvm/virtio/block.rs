@@ -212,7 +212,7 @@ impl Worker {
         let mut used = false;
         while let Some(chain) = self.queue.queue.pop_descriptor_chain(&mem) {
             let head = chain.head_index();
-            let len = self.serve(chain);
+            let len = self.serve(&mem, chain);
             if self.queue.queue.add_used(&mem, head, len).is_err() {
                 tracing::warn!("virtio-blk: the used ring is not writable");
             }
@@ -224,8 +224,7 @@ impl Worker {
     }
 
     /// Serves one request; returns the bytes written into guest memory (data + status).
-    fn serve(&mut self, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
-        let mem = self.memory.clone();
+    fn serve(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
         let descs: Vec<_> = chain.collect();
         let (Some(first), Some(last)) = (descs.first(), descs.last()) else {
             return 0;
@@ -240,15 +239,15 @@ impl Worker {
         let status_addr = last.addr();
         let mut header = [0u8; HEADER_LEN as usize];
         if first.len() < HEADER_LEN || mem.read_slice(&mut header, first.addr()).is_err() {
-            return write_status(&mem, status_addr, VIRTIO_BLK_S_IOERR, 0);
+            return write_status(mem, status_addr, VIRTIO_BLK_S_IOERR, 0);
         }
         let kind = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default());
         let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
         let data = &descs[1..descs.len() - 1];
         let (status, written) = match kind {
-            VIRTIO_BLK_T_IN => self.read(&mem, sector, data),
+            VIRTIO_BLK_T_IN => self.read(mem, sector, data),
             VIRTIO_BLK_T_OUT if self.read_only => (VIRTIO_BLK_S_IOERR, 0),
-            VIRTIO_BLK_T_OUT => self.write(&mem, sector, data),
+            VIRTIO_BLK_T_OUT => self.write(mem, sector, data),
             VIRTIO_BLK_T_FLUSH if self.read_only => (VIRTIO_BLK_S_OK, 0),
             VIRTIO_BLK_T_FLUSH => match self.file.sync_all() {
                 Ok(()) => (VIRTIO_BLK_S_OK, 0),
@@ -269,11 +268,13 @@ impl Worker {
             },
             _ => (VIRTIO_BLK_S_UNSUPP, 0),
         };
-        write_status(&mem, status_addr, status, written)
+        write_status(mem, status_addr, status, written)
     }
 
-    /// Checks that `len` bytes from `sector` lie inside the disk; the byte offset.
-    fn range(&self, sector: u64, len: u64) -> Option<u64> {
+    /// The byte offset of `sector` if the request's data segments, from there, lie inside the
+    /// disk.
+    fn range(&self, sector: u64, data: &[virtio_queue::desc::split::Descriptor]) -> Option<u64> {
+        let len: u64 = data.iter().map(|d| u64::from(d.len())).sum();
         let end = sector.checked_mul(SECTOR_SIZE)?.checked_add(len)?;
         (end <= self.sectors * SECTOR_SIZE).then_some(sector * SECTOR_SIZE)
     }
@@ -284,8 +285,7 @@ impl Worker {
         sector: u64,
         data: &[virtio_queue::desc::split::Descriptor],
     ) -> (u8, u32) {
-        let total: u64 = data.iter().map(|d| u64::from(d.len())).sum();
-        let Some(mut offset) = self.range(sector, total) else {
+        let Some(mut offset) = self.range(sector, data) else {
             return (VIRTIO_BLK_S_IOERR, 0);
         };
         let mut written = 0u32;
@@ -311,8 +311,7 @@ impl Worker {
         sector: u64,
         data: &[virtio_queue::desc::split::Descriptor],
     ) -> (u8, u32) {
-        let total: u64 = data.iter().map(|d| u64::from(d.len())).sum();
-        let Some(mut offset) = self.range(sector, total) else {
+        let Some(mut offset) = self.range(sector, data) else {
             return (VIRTIO_BLK_S_IOERR, 0);
         };
         for d in data {

@@ -89,9 +89,8 @@ struct Conn {
     to_stream: Vec<u8>,
     /// Bytes read from the stream that wait for a guest rx buffer.
     to_guest: Vec<u8>,
-    /// The guest will receive no more / the host stream reached EOF.
+    /// The guest will receive no more (host EOF is `State::Closing`).
     guest_rcv_shut: bool,
-    host_eof: bool,
     /// The guest will send no more: shut the stream's write side once `to_stream` is empty.
     guest_send_shut: bool,
     /// The epoll interest currently registered.
@@ -111,7 +110,6 @@ impl Conn {
             to_stream: Vec::new(),
             to_guest: Vec::new(),
             guest_rcv_shut: false,
-            host_eof: false,
             guest_send_shut: false,
             interest: EventSet::empty(),
         }
@@ -126,7 +124,6 @@ impl Conn {
     fn wanted_interest(&self) -> EventSet {
         let mut e = EventSet::empty();
         let may_read = self.state == State::Established
-            && !self.host_eof
             && !self.guest_rcv_shut
             && self.to_guest.is_empty()
             && self.peer_credit() > 0;
@@ -562,7 +559,7 @@ impl Muxer {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        if conn.state != State::Established || !conn.to_guest.is_empty() || conn.host_eof {
+        if conn.state != State::Established || !conn.to_guest.is_empty() {
             return;
         }
         let want = (conn.peer_credit() as usize).min(READ_CHUNK);
@@ -592,7 +589,6 @@ impl Muxer {
         if matches!(conn.state, State::Closing(_)) {
             return;
         }
-        conn.host_eof = true;
         conn.state = State::Closing(Instant::now() + CLOSE_TIMEOUT);
         let mut pkt = Packet::control(OP_SHUTDOWN, (HOST_CID, key.1), (self.cid, key.0));
         pkt.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
